@@ -1,0 +1,403 @@
+"""One typed, validated loader for ``params.yaml``.
+
+Every knob of every stage lives in one dataclass tree below. Loading walks the YAML against
+that tree, so a misspelt key, a wrong type or an out-of-range value fails *before* any work
+starts, with one message that names the dotted key, what was given and what is allowed. DVC
+passes overrides (``dvc exp run -S train.batch_size=8``) by rewriting params.yaml, and the CLI
+passes the same ``key=value`` form to :func:`load_config`, so there is one validation path.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import hashlib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SOURCES = ("synthetic", "celeba", "celeba_hq", "afhq", "afhq_v2", "rafd", "local")
+LAYOUTS = ("celeba", "rafd", "folders")
+
+
+class ConfigError(ValueError):
+    """A params file (or override) that cannot be used; the message says where and how to fix it."""
+
+
+def _meta(*, choices: tuple | None = None, lo: float | None = None, hi: float | None = None,
+          doc: str = "") -> dict:
+    return {"choices": choices, "lo": lo, "hi": hi, "doc": doc}
+
+
+def knob(default: Any, **meta: Any) -> Any:
+    """A field with validation metadata (``choices``, ``lo``, ``hi``) and a default."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: json.loads(json.dumps(d)), metadata=_meta(**meta))
+    return field(default=default, metadata=_meta(**meta))
+
+
+# --------------------------------------------------------------------------------------- data
+
+@dataclass
+class DatasetSpec:
+    """One dataset of the pipeline, named by its key under ``data.datasets``."""
+    source: str = knob("synthetic", choices=SOURCES,
+                       doc="where raw files come from: the generator, an official URL, or a local path")
+    layout: str = knob("celeba", choices=LAYOUTS,
+                       doc="on-disk format of the raw files (CelebA lists, RaFD expression folders, "
+                           "<split>/<domain>/ folders)")
+    path: str | None = knob(None, doc="folder or archive for source=local or rafd")
+    url: str | None = knob(None, doc="override of the registry URL")
+    sha256: str | None = knob(None, doc="expected sha256 of the downloaded archive")
+    attributes: list[str] = knob([], doc="selected attributes/classes, in label order; "
+                                         "empty = every class found (rafd/folders)")
+    aligned: bool = knob(False, doc="raw images are already aligned (CelebA img_align_celeba, "
+                                    "AFHQ): centre crop instead of the landmark transform")
+    crop: int = knob(0, lo=0, doc="centre crop size in raw pixels for aligned sets "
+                                  "(0 = the dataset's official crop)")
+
+
+@dataclass
+class DataConfig:
+    root: str = knob("data", doc="where raw/aligned/shards folders are written")
+    datasets: dict[str, DatasetSpec] = field(default_factory=dict)
+
+
+@dataclass
+class SyntheticConfig:
+    seed: int = knob(0)
+    celeba_images: int = knob(1200, lo=10, doc="images in the CelebA-like set")
+    rafd_identities: int = knob(24, lo=2, doc="identities in the RaFD-like set (8 expressions each)")
+    image_size: int = knob(96, lo=32, hi=1024, doc="side of the in-the-wild canvas, pixels")
+    test_fraction: float = knob(0.1, lo=0.0, hi=0.5)
+    val_fraction: float = knob(0.05, lo=0.0, hi=0.5)
+
+
+@dataclass
+class DownloadConfig:
+    timeout_s: float = knob(60.0, lo=1)
+    retries: int = knob(5, lo=0, hi=100)
+    cache_dir: str | None = knob(None, doc="keep downloaded archives here (default data/downloads)")
+
+
+@dataclass
+class AlignConfig:
+    image_size: int = knob(64, lo=16, hi=1024, doc="side of the aligned output, pixels")
+    face_fraction: float = knob(0.45, lo=0.1, hi=0.9,
+                                doc="eye-to-mouth distance as a fraction of the output side "
+                                    "(the canonical template's scale)")
+    workers: int = knob(2, lo=1, hi=256, doc="processes")
+    min_face: int = knob(24, lo=8, doc="smallest face the detector accepts, pixels")
+
+
+@dataclass
+class ShardConfig:
+    image_format: str = knob("png", choices=("png", "jpeg"))
+    jpeg_quality: int = knob(95, lo=50, hi=100)
+    rows_per_group: int = knob(256, lo=1)
+    rows_per_shard: int = knob(8192, lo=1)
+    test_fraction: float = knob(0.1, lo=0.0, hi=0.5,
+                                doc="for datasets without an official split (RaFD, user folders): "
+                                    "share of identities (or images) assigned to test")
+    val_fraction: float = knob(0.0, lo=0.0, hi=0.5)
+
+
+# ----------------------------------------------------------------------------------- models
+
+@dataclass
+class V1Config:
+    g_conv_dim: int = knob(64, lo=1)
+    d_conv_dim: int = knob(64, lo=1)
+    g_repeat_num: int = knob(6, lo=0)
+    d_repeat_num: int = knob(6, lo=1)
+    lambda_cls: float = knob(1.0, lo=0)
+    lambda_rec: float = knob(10.0, lo=0)
+    lambda_gp: float = knob(10.0, lo=0)
+    n_critic: int = knob(5, lo=1)
+    g_lr: float = knob(1e-4, lo=0)
+    d_lr: float = knob(1e-4, lo=0)
+    beta1: float = knob(0.5, lo=0, hi=1)
+    beta2: float = knob(0.999, lo=0, hi=1)
+    num_iters_decay: int = knob(100000, lo=0, doc="last N iterations decay the LR linearly to 0")
+
+
+@dataclass
+class V2Config:
+    latent_dim: int = knob(16, lo=1)
+    style_dim: int = knob(64, lo=1)
+    max_conv_dim: int = knob(512, lo=8)
+    mapping_hidden: int = knob(512, lo=8)
+    w_hpf: float = knob(0.0, lo=0)
+    wing_path: str | None = knob(None, doc="FAN landmark weights (wing.ckpt), needed when w_hpf>0")
+    lambda_reg: float = knob(1.0, lo=0)
+    lambda_sty: float = knob(1.0, lo=0)
+    lambda_ds: float = knob(1.0, lo=0)
+    lambda_cyc: float = knob(1.0, lo=0)
+    ds_iter: int = knob(100000, lo=1, doc="iterations over which lambda_ds decays linearly to 0")
+    lr: float = knob(1e-4, lo=0)
+    f_lr: float = knob(1e-6, lo=0)
+    beta1: float = knob(0.0, lo=0, hi=1)
+    beta2: float = knob(0.99, lo=0, hi=1)
+    weight_decay: float = knob(1e-4, lo=0)
+    ema_beta: float = knob(0.999, lo=0, hi=1)
+    randcrop_prob: float = knob(0.5, lo=0, hi=1)
+    domains: list[str] = knob([], doc="labels that define the domains; one attribute = "
+                                      "{not X, X}; empty = the dataset's classes")
+
+
+# --------------------------------------------------------------------------------- training
+
+@dataclass
+class RayConfig:
+    address: str | None = knob(None, doc="Ray cluster to run on (else RAY_ADDRESS, else local)")
+    num_workers: int = knob(1, lo=1)
+    use_gpu: bool = knob(False)
+    cpus_per_worker: float = knob(1.0, lo=0)
+    storage_path: str | None = knob(None, doc="shared checkpoint storage (default <repo>/ray_results)")
+    max_failures: int = knob(2, lo=-1, doc="worker restarts from the last checkpoint (-1 = forever)")
+
+
+@dataclass
+class MlflowConfig:
+    tracking_uri: str | None = knob(None, doc="default sqlite:///<repo>/mlruns.db; env MLFLOW_TRACKING_URI wins")
+    artifact_root: str = knob("mlartifacts")
+    experiment: str = knob("stargan")
+
+
+@dataclass
+class TrainConfig:
+    model: str = knob("v1", choices=("v1", "v2"))
+    datasets: list[str] = knob([], doc="keys of data.datasets to train on; several = joint "
+                                       "training with the mask vector (v1)")
+    image_size: int = knob(64, lo=16, hi=1024)
+    batch_size: int = knob(16, lo=1, doc="per worker")
+    num_iters: int = knob(200000, lo=1)
+    seed: int = knob(0)
+    loader_workers: int = knob(0, lo=0, hi=64)
+    log_every: int = knob(10, lo=1)
+    sample_every: int = knob(1000, lo=1)
+    checkpoint_every: int = knob(10000, lo=1)
+    output_dir: str = knob("models/train", doc="final checkpoint + samples")
+    amp_bf16: bool = knob(False, doc="bf16 autocast (GPU); penalties stay fp32")
+    channels_last: bool = knob(False)
+    v1: V1Config = field(default_factory=V1Config)
+    v2: V2Config = field(default_factory=V2Config)
+    ray: RayConfig = field(default_factory=RayConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+
+
+@dataclass
+class EvaluateConfig:
+    batch_size: int = knob(64, lo=1)
+    num_outs_per_domain: int = knob(10, lo=1)
+    fid_real_split: str = knob("test", choices=("test", "train"))
+    weights_dir: str | None = knob(None, doc="folder with pt_inception-2015-12-05 and LPIPS weights")
+    classifier_iters: int = knob(2000, lo=1)
+    max_images: int = knob(0, lo=0, doc="0 = all test images")
+
+
+@dataclass
+class TuneConfig:
+    enabled: bool = knob(True)
+    num_samples: int = knob(4, lo=1)
+    iters_per_trial: int = knob(60, lo=1)
+    lambda_cls: list[float] = knob([0.5, 2.0])
+    lambda_rec: list[float] = knob([5.0, 20.0])
+    lambda_sty: list[float] = knob([0.5, 2.0])
+    lambda_ds: list[float] = knob([0.5, 2.0])
+
+
+@dataclass
+class ExportConfig:
+    output_dir: str = knob("models/export")
+    registered_name: str = knob("stargan")
+    alias: str = knob("champion")
+    parity_atol: float = knob(1e-4, lo=0)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    download: DownloadConfig = field(default_factory=DownloadConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
+    shard: ShardConfig = field(default_factory=ShardConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self, *sections: str) -> str:
+        """Stable hash of the named sections (all when none): tells a checkpoint's config apart."""
+        d = self.to_dict()
+        if sections:
+            d = {k: _dig(d, k) for k in sections}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _dig(d: dict, dotted: str) -> Any:
+    for part in dotted.split("."):
+        d = d[part]
+    return d
+
+
+# ------------------------------------------------------------------------------- validation
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return f"mapping of name -> {_type_name(typing.get_args(tp)[1])}"
+    if dataclasses.is_dataclass(tp):
+        return "mapping"
+    return {type(None): "null", float: "number", int: "integer", str: "string", bool: "true/false"}.get(
+        tp, getattr(tp, "__name__", str(tp)))
+
+
+def _convert(value: Any, tp: Any, key: str, meta: dict) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key, meta)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of the keys {_field_names(tp)}, got {value!r}")
+        return _build(tp, value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        (inner,) = typing.get_args(tp)
+        return [_convert(v, inner, f"{key}[{i}]", {}) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        _, inner = typing.get_args(tp)
+        return {str(k): _convert(v, inner, f"{key}.{k}", {}) for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            else:
+                raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        value = float(value)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+    elif tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+    choices, lo, hi = meta.get("choices"), meta.get("lo"), meta.get("hi")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {', '.join(map(str, choices))}")
+    if lo is not None and value < lo:
+        raise ConfigError(f"{key}: {value!r} is below the minimum {lo}" + (f" (allowed: {lo}..{hi})" if hi is not None else ""))
+    if hi is not None and value > hi:
+        raise ConfigError(f"{key}: {value!r} is above the maximum {hi}" + (f" (allowed: {lo}..{hi})" if lo is not None else ""))
+    return value
+
+
+def _field_names(cls: type) -> str:
+    return ", ".join(f.name for f in dataclasses.fields(cls))
+
+
+def _build(cls: type, raw: dict, prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for k in raw:
+        if k not in fields:
+            near = difflib.get_close_matches(str(k), fields, n=1)
+            hint = f" Did you mean '{near[0]}'?" if near else ""
+            where = f"{prefix}.{k}" if prefix else str(k)
+            raise ConfigError(f"{where}: unknown key.{hint} Allowed keys here: {', '.join(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in raw:
+            kwargs[name] = _convert(raw[name], hints[name], f"{prefix}.{name}" if prefix else name, dict(f.metadata))
+    return cls(**kwargs)
+
+
+def _cross_checks(cfg: Config) -> None:
+    for name, spec in cfg.data.datasets.items():
+        if spec.source == "local" and not spec.path:
+            raise ConfigError(f"data.datasets.{name}.path: required when source is 'local' "
+                              "(a folder or a .zip/.tar archive)")
+    for name in cfg.train.datasets:
+        if name not in cfg.data.datasets:
+            raise ConfigError(f"train.datasets: '{name}' is not a dataset; defined in data.datasets: "
+                              f"{', '.join(cfg.data.datasets) or '(none)'}")
+    if cfg.train.model == "v2" and len(cfg.train.datasets) > 1:
+        raise ConfigError("train.datasets: StarGAN v2 trains on one dataset; the mask vector "
+                          "(joint training) is a v1 feature. Keep one dataset or set train.model: v1")
+    for key in ("lambda_cls", "lambda_rec", "lambda_sty", "lambda_ds"):
+        rng = getattr(cfg.tune, key)
+        if len(rng) != 2 or rng[0] > rng[1]:
+            raise ConfigError(f"tune.{key}: expected [low, high] with low <= high, got {rng}")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``train.batch_size=8`` -> ("train.batch_size", 8); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. train.batch_size=8")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value)
+
+
+def _apply_override(raw: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key}: '{p}' is not a section")
+    node[parts[-1]] = value
+
+
+def config_from_dict(raw: dict | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    raw = json.loads(json.dumps(raw or {}))
+    for text in overrides:
+        _apply_override(raw, *parse_override(text))
+    cfg = _build(Config, raw, "")
+    _cross_checks(cfg)
+    return cfg
+
+
+def load_config(path: str | Path = "params.yaml", overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load and validate a params file; every problem raises :class:`ConfigError` naming the key."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such params file (run from the repository root, or pass --params)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    try:
+        return config_from_dict(raw, overrides)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
