@@ -1,0 +1,131 @@
+"""MLflow tracking for training runs: one run per training run, written by rank 0 only.
+
+Why metrics are buffered and flushed at checkpoints: a worker that dies is restarted from the
+last checkpoint and replays the steps after it. Flushing exactly at checkpoint boundaries makes
+every logged step final, so a restart never logs a step twice (MLflow cannot delete points).
+If the tracking server is unreachable, training goes on: points stay in the buffer and are also
+appended to a local JSON-lines file beside the checkpoint, and a warning says so; the next
+successful flush sends everything that was held back.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEFAULT_DB = "mlruns.db"
+
+
+def resolve_tracking_uri(configured: str | None, repo_root: Path) -> str:
+    """Env ``MLFLOW_TRACKING_URI`` wins, then ``train.mlflow.tracking_uri``, then SQLite in the repo."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or configured
+    if uri:
+        return uri
+    return f"sqlite:///{(repo_root / DEFAULT_DB).resolve()}"
+
+
+def resolve_artifact_root(artifact_root: str, repo_root: Path) -> str:
+    if "://" in artifact_root:
+        return artifact_root
+    return (repo_root / artifact_root).resolve().as_uri()
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = json.dumps(v) if isinstance(v, (list, tuple)) else v
+    return out
+
+
+def ensure_experiment(tracking_uri: str, name: str, artifact_location: str) -> str:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    return client.create_experiment(name, artifact_location=f"{artifact_location.rstrip('/')}/{name}")
+
+
+def start_run(tracking_uri: str, experiment_id: str, run_name: str, params: dict, tags: dict | None = None) -> str:
+    from mlflow.entities import Param
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    run = client.create_run(experiment_id, run_name=run_name, tags=tags or {})
+    flat = [Param(k, str(v)[:6000]) for k, v in sorted(flatten(params).items())]
+    for i in range(0, len(flat), 100):
+        client.log_batch(run.info.run_id, params=flat[i:i + 100])
+    return run.info.run_id
+
+
+class RunLogger:
+    """Rank-0 logger bound to an existing MLflow run id (created by the driver)."""
+
+    def __init__(self, tracking_uri: str, run_id: str, local_log: Path | None = None):
+        self.tracking_uri, self.run_id = tracking_uri, run_id
+        self.local_log = local_log
+        self._pending: list[tuple[str, float, int, int]] = []
+        self._client = None
+        self._warned = False
+
+    @property
+    def client(self):
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        ts = int(time.time() * 1000)
+        for k, v in metrics.items():
+            self._pending.append((k, float(v), ts, int(step)))
+        if self.local_log is not None:
+            self.local_log.parent.mkdir(parents=True, exist_ok=True)
+            with self.local_log.open("a") as f:
+                f.write(json.dumps({"step": int(step), **{k: float(v) for k, v in metrics.items()}}) + "\n")
+
+    def flush(self) -> bool:
+        """Send buffered points; keep them (and warn once) if the server cannot be reached."""
+        from mlflow.entities import Metric
+
+        if not self._pending:
+            return True
+        try:
+            batch = [Metric(k, v, ts, s) for k, v, ts, s in self._pending]
+            for i in range(0, len(batch), 1000):
+                self.client.log_batch(self.run_id, metrics=batch[i:i + 1000])
+        except Exception as e:  # noqa: BLE001 - any transport/store failure: keep training
+            if not self._warned:
+                print(f"[stargan] WARNING: MLflow at {self.tracking_uri} is unreachable ({type(e).__name__}: "
+                      f"{str(e)[:160]}); training continues, metrics are kept in memory and in "
+                      f"{self.local_log} and sent at the next successful flush", file=sys.stderr)
+                self._warned = True
+            return False
+        self._pending.clear()
+        return True
+
+    def discard_pending(self) -> None:
+        """Drop points logged after the last checkpoint (they will be recomputed on restart)."""
+        self._pending.clear()
+
+    def log_image(self, image: np.ndarray, artifact_file: str) -> None:
+        try:
+            self.client.log_image(self.run_id, image, artifact_file=artifact_file)
+        except Exception as e:  # noqa: BLE001
+            print(f"[stargan] WARNING: could not log {artifact_file} to MLflow: {e}", file=sys.stderr)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        try:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+        except Exception as e:  # noqa: BLE001
+            print(f"[stargan] WARNING: could not log {path} to MLflow: {e}", file=sys.stderr)

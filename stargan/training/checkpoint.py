@@ -1,0 +1,122 @@
+"""The one checkpoint format: a ``torch.save`` dict of tensors and plain types.
+
+Why this shape:
+- Loadable with ``torch.load(weights_only=True)``: no pickled code runs on load, so a checkpoint
+  from an untrusted source cannot execute anything (a tampered, pickled payload is refused).
+- Complete for exact resume: nets, optimizers, step, every RNG the step draws from, and the
+  config. Learning rates and λ_ds are functions of the step, so they need no state of their own.
+- Keys never carry DDP/DataParallel ``module.`` prefixes (we never wrap the nets).
+- Written atomically (temp file + fsync + rename): a crash or a full disk mid-write leaves the
+  previous checkpoint intact.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = "stargan-checkpoint/1"
+FILENAME = "checkpoint.pt"
+
+# Config keys that change the networks' shapes or the meaning of their labels: a checkpoint
+# trained under other values cannot be resumed or evaluated with this config.
+ARCH_KEYS = ("train.model", "train.image_size", "train.datasets", "train.v1.g_conv_dim", "train.v1.d_conv_dim",
+             "train.v1.g_repeat_num", "train.v1.d_repeat_num", "train.v2.latent_dim", "train.v2.style_dim",
+             "train.v2.max_conv_dim", "train.v2.mapping_hidden", "train.v2.w_hpf", "train.v2.domains")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used: unreadable, unsafe, or from an incompatible config."""
+
+
+@dataclass
+class TrainState:
+    step: int                                   # iterations completed
+    model: str                                  # "v1" | "v2"
+    config: dict                                # Config.to_dict() of the run that wrote it
+    nets: dict[str, dict[str, torch.Tensor]]
+    optims: dict[str, dict] = field(default_factory=dict)
+    rng: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)   # label layout, domains, mlflow run id, ...
+
+
+def arch_signature(config: dict) -> dict[str, Any]:
+    out = {}
+    for dotted in ARCH_KEYS:
+        node: Any = config
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        out[dotted] = node
+    return out
+
+
+def check_compatible(state: TrainState, config: dict, *, what: str = "resume") -> None:
+    """Raise :class:`CheckpointError` listing every architecture key that differs."""
+    mine, theirs = arch_signature(config), arch_signature(state.config)
+    diff = {k: (theirs[k], mine[k]) for k in mine if mine[k] != theirs[k]}
+    if diff:
+        lines = "; ".join(f"{k}: checkpoint has {a!r}, params have {b!r}" for k, (a, b) in diff.items())
+        raise CheckpointError(f"cannot {what}: the checkpoint was trained with another configuration ({lines}). "
+                              "Use the params it was trained with, or train a new model "
+                              "(delete the checkpoint / ray_results run to start over)")
+
+
+def save_state(state: TrainState, path: str | Path) -> Path:
+    """Atomically write ``state`` to ``path`` (a file, or a directory that gets ``checkpoint.pt``)."""
+    path = Path(path)
+    if path.suffix != ".pt":
+        path = path / FILENAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT, "step": int(state.step), "model": state.model,
+        "config_json": json.dumps(state.config, sort_keys=True),
+        "nets": state.nets, "optims": state.optims, "rng": state.rng,
+        "extra_json": json.dumps(state.extra, sort_keys=True),
+    }
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> TrainState:
+    """Load with ``weights_only=True``; anything else (pickled objects, other formats) is refused."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / FILENAME
+    if not path.exists():
+        raise CheckpointError(f"{path}: no checkpoint there")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises several types; all mean "not safe/not ours"
+        raise CheckpointError(f"{path}: refused to load: not a safe stargan checkpoint "
+                              f"(weights-only load failed: {str(e).splitlines()[0][:200]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a {FORMAT} file (format={payload.get('format') if isinstance(payload, dict) else type(payload).__name__})")
+    return TrainState(step=payload["step"], model=payload["model"], config=json.loads(payload["config_json"]),
+                      nets=payload["nets"], optims=payload["optims"], rng=payload["rng"],
+                      extra=json.loads(payload["extra_json"]))
+
+
+def capture_rng(generators: dict[str, torch.Generator]) -> dict[str, torch.Tensor]:
+    return {name: g.get_state() for name, g in generators.items()} | {"torch_global": torch.get_rng_state()}
+
+
+def restore_rng(generators: dict[str, torch.Generator], rng: dict[str, torch.Tensor]) -> None:
+    for name, g in generators.items():
+        if name in rng:
+            g.set_state(rng[name])
+    if "torch_global" in rng:
+        torch.set_rng_state(rng["torch_global"])

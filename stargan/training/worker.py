@@ -1,0 +1,127 @@
+"""The training loop every worker runs, independent of Ray, MLflow and DVC.
+
+It owns the order of things — resume, step, log, sample, checkpoint — and nothing else. The
+model-specific work sits behind :class:`Trainer` (``v1_trainer.py``, ``v2_trainer.py``); how a
+checkpoint is stored and where logs go sits behind :class:`Hooks` (Ray Train in ``ray_train.py``,
+plain files in ``local.py``). So the same loop runs in a test, on one GPU box without Ray, and on a
+Ray cluster.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from stargan.config import Config
+from stargan.training.checkpoint import TrainState, check_compatible
+from stargan.training.distributed import all_reduce_mean
+from stargan.training.errors import NonFiniteLossError
+
+
+class Trainer(Protocol):
+    images_per_step: int
+
+    def train_step(self, step: int) -> dict[str, float]: ...
+    def state(self, step: int) -> TrainState: ...
+    def load(self, state: TrainState) -> None: ...
+    def sample_grid(self) -> np.ndarray: ...
+
+
+@dataclass
+class WorkerContext:
+    rank: int
+    world_size: int
+    device: torch.device
+    shard_root: Path                 # data/shards (absolute)
+    log_path: Path | None = None     # rank 0's JSON-lines loss history
+    extra: dict[str, Any] = field(default_factory=dict)   # stored in every checkpoint (e.g. mlflow run id)
+
+
+class Hooks(Protocol):
+    def resume(self) -> TrainState | None: ...
+    def report(self, metrics: dict[str, float], state: TrainState | None) -> None: ...
+
+
+@dataclass
+class LoopResult:
+    step: int
+    status: str                       # "finished" | "nonfinite"
+    metrics: dict[str, float]
+    message: str = ""
+
+
+def build_trainer(cfg: Config, ctx: WorkerContext) -> Trainer:
+    if cfg.train.model == "v1":
+        from stargan.training.v1_trainer import V1Trainer
+        return V1Trainer(cfg, ctx)
+    from stargan.training.v2_trainer import V2Trainer
+    return V2Trainer(cfg, ctx)
+
+
+def _truncate_log(path: Path | None, last_step: int) -> None:
+    """After a restart, drop history lines of steps that will be replayed (no duplicates)."""
+    if path is None or not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= last_step]
+    path.write_text("".join(ln + "\n" for ln in keep))
+
+
+def run_worker(cfg: Config, ctx: WorkerContext, hooks: Hooks, logger=None) -> LoopResult:
+    """Train from the last checkpoint (if any) to ``train.num_iters``.
+
+    ``logger`` (rank 0 only) is a :class:`stargan.tracking.RunLogger`; its metrics are flushed
+    at checkpoints so a restarted worker never logs a step twice.
+    """
+    t = cfg.train
+    trainer = build_trainer(cfg, ctx)
+    start = 0
+    state = hooks.resume()
+    if state is not None:
+        check_compatible(state, cfg.to_dict())
+        trainer.load(state)
+        start = state.step
+    if ctx.rank == 0:
+        _truncate_log(ctx.log_path, start)
+
+    window: dict[str, list[float]] = defaultdict(list)
+    last: dict[str, float] = {}
+    tick, tick_step = time.perf_counter(), start
+    for step in range(start, t.num_iters):
+        try:
+            scalars = trainer.train_step(step)
+        except NonFiniteLossError as e:
+            # Weights were not updated with the bad gradients; the last checkpoint stays the
+            # last good one. Report instead of raising so Ray does not replay the same NaN.
+            msg = (f"{e}. Training stopped at step {step}; the last good checkpoint is kept. Lower the "
+                   "learning rates or λ weights, check the input data, or disable train.amp_bf16")
+            hooks.report({"step": float(step), "nonfinite": 1.0}, None)
+            return LoopResult(step=step, status="nonfinite", metrics=last, message=msg)
+        for k, v in scalars.items():
+            window[k].append(v)
+        done = step + 1
+        if done % t.log_every == 0 or done == t.num_iters:
+            elapsed = time.perf_counter() - tick
+            avg = {k: float(np.mean(v)) for k, v in window.items()}
+            avg = all_reduce_mean(avg, ctx.device)
+            avg["perf/images_per_s"] = trainer.images_per_step * ctx.world_size * (done - tick_step) / max(elapsed, 1e-9)
+            avg["perf/s_per_iter"] = elapsed / max(done - tick_step, 1)
+            window.clear()
+            tick, tick_step = time.perf_counter(), done
+            last = avg
+            if ctx.rank == 0 and logger is not None:
+                logger.log_metrics(avg, done)
+        if ctx.rank == 0 and logger is not None and (done % t.sample_every == 0 or done == t.num_iters):
+            logger.log_image(trainer.sample_grid(), f"samples/{done:06d}.png")
+        if done % t.checkpoint_every == 0 or done == t.num_iters:
+            st = trainer.state(done)
+            st.extra.update(ctx.extra)
+            hooks.report({"step": float(done), **last}, st)
+            if ctx.rank == 0 and logger is not None:
+                logger.flush()
+    return LoopResult(step=t.num_iters, status="finished", metrics=last)
