@@ -1,0 +1,96 @@
+"""StarGAN (v1) behind the worker loop's :class:`~stargan.training.worker.Trainer` interface:
+label layout from the shards' manifests, nets, one stream per dataset, checkpoint state, grids.
+
+Joint training (several datasets) follows the paper: every iteration takes one batch of each
+dataset in turn, labels extended with the mask vector. Stream ``start_batch`` equals the step, so
+a resumed run reads exactly the batches an uninterrupted run would.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from stargan.config import Config
+from stargan.data.loader import iter_split, make_loader, train_stream
+from stargan.data.shards import read_manifest
+from stargan.training import v1_step
+from stargan.training.checkpoint import TrainState, capture_rng, restore_rng
+from stargan.training.distributed import broadcast_module, make_sync_grads
+from stargan.training.labels import LabelLayout
+from stargan.visualize import grid
+
+SAMPLE_ROWS = 4     # fixed validation inputs per dataset in the sample grids
+
+
+def fixed_inputs(shard_dir, image_size: int, n: int) -> dict:
+    """The first ``n`` held-out images (val, else test, else train) in a stable order."""
+    for split in ("val", "test", "train"):
+        try:
+            batch = next(iter_split(shard_dir, split, n, image_size))
+            return batch
+        except Exception:  # noqa: BLE001 - a missing split: try the next one
+            continue
+    raise FileNotFoundError(f"{shard_dir}: no split to draw sample inputs from")
+
+
+class V1Trainer:
+    def __init__(self, cfg: Config, ctx):
+        t = cfg.train
+        self.cfg, self.ctx = cfg, ctx
+        self.dirs = [ctx.shard_root / name for name in t.datasets]
+        manifests = [read_manifest(d) for d in self.dirs]
+        self.layout = LabelLayout([(name, m["label_names"], m["label_kind"]) for name, m in zip(t.datasets, manifests)])
+        self.nets, self.optims = v1_step.build_v1(t, self.layout, ctx.device)
+        broadcast_module(self.nets.G)
+        broadcast_module(self.nets.D)
+        self.sync = make_sync_grads()
+        # Per-rank randomness of the step (target permutations, GP interpolation).
+        self.gen = torch.Generator(device="cpu").manual_seed(t.seed * 7919 + ctx.rank)
+        self.images_per_step = t.batch_size * len(self.dirs)
+        self._iters = None
+        self._fixed = None
+
+    def _open_streams(self, start: int) -> None:
+        t = self.cfg.train
+        self._iters = [iter(make_loader(train_stream(d, t, rank=self.ctx.rank, world_size=self.ctx.world_size,
+                                                     start_batch=start), t.loader_workers)) for d in self.dirs]
+
+    def train_step(self, step: int) -> dict[str, float]:
+        if self._iters is None:
+            self._open_streams(step)
+        out: dict[str, list[float]] = {}
+        for i, it in enumerate(self._iters):
+            scalars = v1_step.train_step(self.nets, self.optims, next(it), self.cfg.train, step, self.layout, i,
+                                         self.sync, self.gen)
+            for k, v in scalars.items():
+                out.setdefault(k, []).append(v)
+                if self.layout.joint and "cls" in k:
+                    out.setdefault(f"{k}/{self.layout.datasets[i].name}", []).append(v)
+        return {k: float(np.mean(v)) for k, v in out.items()}
+
+    def state(self, step: int) -> TrainState:
+        return TrainState(step=step, model="v1", config=self.cfg.to_dict(),
+                          nets={"G": self.nets.G.state_dict(), "D": self.nets.D.state_dict()},
+                          optims={"g": self.optims.g.state_dict(), "d": self.optims.d.state_dict()},
+                          rng=capture_rng({"step": self.gen}), extra={"layout": self.layout.to_dict()})
+
+    def load(self, state: TrainState) -> None:
+        self.nets.G.load_state_dict(state.nets["G"])
+        self.nets.D.load_state_dict(state.nets["D"])
+        self.optims.g.load_state_dict(state.optims["g"])
+        self.optims.d.load_state_dict(state.optims["d"])
+        restore_rng({"step": self.gen}, state.rng)
+
+    @torch.no_grad()
+    def sample_grid(self) -> np.ndarray:
+        """Fixed inputs of every dataset x every target of every dataset."""
+        if self._fixed is None:
+            self._fixed = [fixed_inputs(d, self.cfg.train.image_size, SAMPLE_ROWS) for d in self.dirs]
+        rows = []
+        for i, batch in enumerate(self._fixed):
+            x = batch["image"].to(self.ctx.device)
+            strip, _ = v1_step.translation_grid(self.nets.G, x, self.layout, i, batch["label"])
+            n_cols = strip.size(3) // x.size(3)
+            for r in range(x.size(0)):
+                rows.append(torch.stack(strip[r].chunk(n_cols, dim=2)))
+        return grid(rows)
