@@ -36,7 +36,8 @@ def gradient_penalty(critic_out: Tensor, x_hat: Tensor) -> Tensor:
 
 def interpolate(x_real: Tensor, x_fake: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """x̂ = α·x_real + (1−α)·x_fake with one α ~ U(0,1) per sample; detached, requires grad."""
-    alpha = torch.rand(x_real.size(0), 1, 1, 1, device=x_real.device, generator=generator)
+    device = generator.device if generator is not None else x_real.device   # a CPU generator may drive CUDA
+    alpha = torch.rand(x_real.size(0), 1, 1, 1, device=device, generator=generator).to(x_real.device)
     return (alpha * x_real.detach() + (1 - alpha) * x_fake.detach()).requires_grad_(True)
 
 

@@ -344,12 +344,17 @@ def build_v2(cfg: TrainConfig, num_domains: int, device: torch.device | str | No
             "FAN mask support is not implemented yet: train.v2.w_hpf > 0 cannot be trained in this "
             "version; set train.v2.w_hpf: 0 (the AFHQ setting, and the pipeline default)")
     size = cfg.image_size
-    G = Generator(size, v2.style_dim, v2.max_conv_dim, v2.w_hpf)
-    Fm = MappingNetwork(v2.latent_dim, v2.style_dim, num_domains, v2.mapping_hidden)
-    E = StyleEncoder(size, v2.style_dim, num_domains, v2.max_conv_dim)
-    D = Discriminator(size, num_domains, v2.max_conv_dim)
+    # Initial weights depend on train.seed only (a forked RNG leaves the caller's untouched), so
+    # every worker and every resumed run builds the same starting nets.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        G = Generator(size, v2.style_dim, v2.max_conv_dim, v2.w_hpf)
+        Fm = MappingNetwork(v2.latent_dim, v2.style_dim, num_domains, v2.mapping_hidden)
+        E = StyleEncoder(size, v2.style_dim, num_domains, v2.max_conv_dim)
+        D = Discriminator(size, num_domains, v2.max_conv_dim)
+        for net in (G, Fm, E, D):
+            he_init(net)
     for net in (G, Fm, E, D):
-        he_init(net)
         net.to(device=device)
     if cfg.channels_last:
         for net in (G, E, D):

@@ -39,14 +39,18 @@ class V2Trainer:
             self._iter = iter(make_loader(self.stream, self.cfg.train.loader_workers))
         return v2_step.train_step(self.nets, self.optims, next(self._iter), self.cfg.train, step, self.sync, self.gen)
 
+    def _modules(self) -> dict:
+        """Every net under a distinct checkpoint key: G, F, E, D and G_ema, F_ema, E_ema."""
+        return self.nets.trained() | {f"{k}_ema": m for k, m in self.nets.ema().items()}
+
     def state(self, step: int) -> TrainState:
-        nets = {k: m.state_dict() for k, m in (self.nets.trained() | self.nets.ema()).items()}
+        nets = {k: m.state_dict() for k, m in self._modules().items()}
         return TrainState(step=step, model="v2", config=self.cfg.to_dict(), nets=nets,
                           optims={k: getattr(self.optims, k).state_dict() for k in ("G", "F", "E", "D")},
                           rng=capture_rng({"step": self.gen}), extra={"domains": list(self.domains.names)})
 
     def load(self, state: TrainState) -> None:
-        for k, m in (self.nets.trained() | self.nets.ema()).items():
+        for k, m in self._modules().items():
             m.load_state_dict(state.nets[k])
         for k in ("G", "F", "E", "D"):
             getattr(self.optims, k).load_state_dict(state.optims[k])

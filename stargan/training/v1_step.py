@@ -1,0 +1,213 @@
+"""One StarGAN (v1) training iteration as a pure step function over (nets, optimizers, batch).
+
+Order as in the official ``Solver.train`` (one dataset batch; joint training calls this once
+per dataset with the same ``step``):
+
+1. targets = the batch's own labels, permuted; LR from the schedule at ``step``.
+2. D (every step): -E[D_src(x)] + E[D_src(G(x,c'))] + λ_cls·cls(D_cls(x), c) + λ_gp·GP,
+   the fake made without a G graph; gradients averaged (``sync_grads``), then Adam.
+3. G (when ``(step+1) % n_critic == 0``): -E[D_src(G(x,c'))] + λ_cls·cls(D_cls(G(x,c')), c')
+   + λ_rec·|x - G(G(x,c'), c)|; D frozen; ``sync_grads``, then Adam.
+
+The classification terms use the batch's dataset slice of D's output only (the mask vector).
+Every loss is checked before its optimizer step: a NaN/inf raises :class:`NonFiniteLossError`
+and leaves weights and optimizer state untouched. Nothing here knows Ray, MLflow or DVC.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+from torch.autograd.profiler import record_function
+
+from stargan.config import TrainConfig
+from stargan.losses import domain_cls_loss, gradient_penalty, interpolate, l1, wgan_d_loss, wgan_g_loss
+from stargan.models.v1 import Discriminator, Generator
+from stargan.training.errors import NonFiniteLossError
+from stargan.training.labels import LabelLayout
+from stargan.training.schedules import linear_decay_lr
+
+__all__ = ["V1Nets", "V1Optims", "NonFiniteLossError", "build_v1", "train_step", "cls_loss", "translate",
+           "translation_grid"]
+
+SyncGrads = Callable[[nn.Module], None]
+
+
+@dataclass
+class V1Nets:
+    G: Generator
+    D: Discriminator
+
+
+@dataclass
+class V1Optims:
+    g: torch.optim.Optimizer
+    d: torch.optim.Optimizer
+
+
+def build_v1(cfg: TrainConfig, layout: LabelLayout, device: torch.device | str | None = None
+             ) -> tuple[V1Nets, V1Optims]:
+    """G (label size ``layout.c_dim``) and D (cls size ``layout.cls_dim``) with their Adams.
+
+    Initial weights depend on ``cfg.seed`` only (drawn from a forked RNG, so the caller's
+    global RNG is left as it was).
+    """
+    v = cfg.v1
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        G = Generator(v.g_conv_dim, layout.c_dim, v.g_repeat_num)
+        D = Discriminator(cfg.image_size, v.d_conv_dim, layout.cls_dim, v.d_repeat_num)
+    memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
+    G = G.to(device=device, memory_format=memory_format)
+    D = D.to(device=device, memory_format=memory_format)
+    fused = {"fused": True} if device.type == "cuda" else {}
+    g_opt = torch.optim.Adam(G.parameters(), lr=v.g_lr, betas=(v.beta1, v.beta2), **fused)
+    d_opt = torch.optim.Adam(D.parameters(), lr=v.d_lr, betas=(v.beta1, v.beta2), **fused)
+    return V1Nets(G, D), V1Optims(g_opt, d_opt)
+
+
+def cls_loss(layout: LabelLayout, dataset_idx: int, logits: Tensor, labels: Tensor) -> Tensor:
+    """Domain classification on the dataset's own slice of D's output (other slices: unknown labels)."""
+    known = logits[:, layout.cls_slice(dataset_idx)]
+    return domain_cls_loss(known, labels, layout.datasets[dataset_idx].kind)
+
+
+def _no_sync(module: nn.Module) -> None:
+    return None
+
+
+def train_step(nets: V1Nets, optims: V1Optims, batch: dict, cfg: TrainConfig, step: int, layout: LabelLayout,
+               dataset_idx: int = 0, sync_grads: SyncGrads = _no_sync,
+               generator: torch.Generator | None = None) -> dict[str, float]:
+    """One iteration on one dataset's batch (``image`` [B,3,H,W] in [-1,1], ``label`` [B,L]).
+
+    Returns the named scalars ``D/...`` (every step), ``G/...`` (on G steps), ``lr/g``, ``lr/d``.
+    All randomness (target permutation, GP interpolation) comes from ``generator``, or the
+    global RNG when it is None, so a resumed run replays exactly.
+    """
+    v = cfg.v1
+    G, D = nets.G, nets.D
+    device = next(G.parameters()).device
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    x_real = batch["image"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
+    label_org = layout.dataset_labels(dataset_idx, batch["label"].to(device, non_blocking=True))
+    label_trg = layout.sample_targets(dataset_idx, label_org, generator)
+    c_org = layout.to_model_label(dataset_idx, label_org)
+    c_trg = layout.to_model_label(dataset_idx, label_trg)
+
+    lr_g = linear_decay_lr(step, v.g_lr, cfg.num_iters, v.num_iters_decay)
+    lr_d = linear_decay_lr(step, v.d_lr, cfg.num_iters, v.num_iters_decay)
+    _set_lr(optims.g, lr_g)
+    _set_lr(optims.d, lr_d)
+
+    def amp() -> contextlib.AbstractContextManager:
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp_bf16)
+
+    # ------------------------------------------------------------------ D
+    optims.d.zero_grad(set_to_none=True)
+    with record_function("D_fake"), torch.no_grad(), amp():
+        x_fake = G(x_real, c_trg)
+    x_fake = x_fake.to(x_real.dtype)
+    with record_function("D_main"), amp():
+        # One D pass over [real; fake]: D has no batch statistics, so this equals two passes.
+        src, cls = D(torch.cat([x_real, x_fake]))
+        src_real, src_fake = src.split(x_real.size(0))
+        d_real, d_fake = wgan_d_loss(src_real, src_fake)
+        d_cls = cls_loss(layout, dataset_idx, cls[: x_real.size(0)], label_org)
+    with record_function("D_gp"), torch.autocast(device.type, enabled=False):
+        x_hat = interpolate(x_real, x_fake, generator)
+        d_gp = gradient_penalty(D(x_hat)[0], x_hat)
+    d_loss = d_real + d_fake + v.lambda_cls * d_cls + v.lambda_gp * d_gp
+    with record_function("D_backward"):
+        d_loss.backward()
+    with record_function("D_sync"):
+        sync_grads(D)
+    out = _checked(step, {"D/loss_real": d_real, "D/loss_fake": d_fake, "D/loss_cls": d_cls,
+                          "D/loss_gp": d_gp, "D/loss": d_loss}, "D/grad_norm", D)
+    with record_function("D_opt"):
+        optims.d.step()
+
+    # ------------------------------------------------------------------ G
+    if (step + 1) % v.n_critic == 0:
+        optims.g.zero_grad(set_to_none=True)
+        with _frozen(D):
+            with record_function("G_main"), amp():
+                x_fake = G(x_real, c_trg)
+                src_fake, cls_fake = D(x_fake)
+                g_fake = wgan_g_loss(src_fake)
+                g_cls = cls_loss(layout, dataset_idx, cls_fake, label_trg)
+            with record_function("G_rec"), amp():
+                g_rec = l1(x_real, G(x_fake, c_org))
+            g_loss = g_fake + v.lambda_rec * g_rec + v.lambda_cls * g_cls
+            with record_function("G_backward"):
+                g_loss.backward()
+        with record_function("G_sync"):
+            sync_grads(G)
+        out.update(_checked(step, {"G/loss_fake": g_fake, "G/loss_rec": g_rec, "G/loss_cls": g_cls,
+                                   "G/loss": g_loss}, "G/grad_norm", G))
+        with record_function("G_opt"):
+            optims.g.step()
+
+    out["lr/g"] = lr_g
+    out["lr/d"] = lr_d
+    return out
+
+
+def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
+@contextlib.contextmanager
+def _frozen(module: nn.Module) -> Iterator[None]:
+    """No weight gradients for ``module`` (gradients still flow through it to its input)."""
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, f in zip(module.parameters(), flags):
+            p.requires_grad_(f)
+
+
+def _checked(step: int, losses: dict[str, Tensor], norm_name: str, module: nn.Module) -> dict[str, float]:
+    """Losses (and the synced gradient norm) as floats, in one device sync; NaN/inf raises.
+
+    The gradient norm is checked after ``sync_grads``: a NaN on any worker reaches every worker
+    through the all-reduce, so all of them stop at the same step instead of some hanging.
+    """
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+    values = torch.stack([t.detach().float().reshape(()) for t in losses.values()]
+                         + [norm.detach().float().to(next(iter(losses.values())).device)]).tolist()
+    names = list(losses) + [norm_name]
+    for name, value in zip(names, values):
+        if not math.isfinite(value):
+            raise NonFiniteLossError(step, name, value)
+    return dict(zip(names, values))
+
+
+# ------------------------------------------------------------------------- sampling
+
+@torch.no_grad()
+def translate(G: Generator, x: Tensor, target_model_labels: Tensor) -> Tensor:
+    """G(x, c) without a graph; ``target_model_labels`` is [B, c_dim] or one [c_dim] for all."""
+    c = target_model_labels.to(x.device)
+    if c.dim() == 1:
+        c = c.expand(x.size(0), -1)
+    return G(x, c)
+
+
+@torch.no_grad()
+def translation_grid(G: Generator, x: Tensor, layout: LabelLayout, dataset_idx: int, labels: Tensor
+                     ) -> tuple[Tensor, list[str]]:
+    """The official sample grid: per row the input, then its translation into every target of
+    every dataset (``layout.all_target_names()``), side by side: [B, 3, H, W·(1+targets)]."""
+    targets = layout.all_test_targets(dataset_idx, labels.to(x.device))
+    images = [x] + [translate(G, x, c).to(x.dtype) for _, c in targets]
+    return torch.cat(images, dim=3), ["input"] + [name for name, _ in targets]
