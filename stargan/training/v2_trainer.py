@@ -47,7 +47,10 @@ class V2Trainer:
         nets = {k: m.state_dict() for k, m in self._modules().items()}
         return TrainState(step=step, model="v2", config=self.cfg.to_dict(), nets=nets,
                           optims={k: getattr(self.optims, k).state_dict() for k in ("G", "F", "E", "D")},
-                          rng=capture_rng({"step": self.gen}), extra={"domains": list(self.domains.names)})
+                          rng=capture_rng({"step": self.gen}),
+                          extra={"domains": list(self.domains.names), "dataset": self.cfg.train.datasets[0],
+                                 "label_names": list(self.stream.manifest["label_names"]),
+                                 "label_kind": self.stream.manifest["label_kind"]})
 
     def load(self, state: TrainState) -> None:
         for k, m in self._modules().items():
