@@ -42,9 +42,110 @@ def cmd_bench_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_train(args: argparse.Namespace) -> int:
+    from stargan.bench.train import bench_train, table
+
+    variants = args.variants.split(",") if args.variants else (["eager", "fast"] if args.compare_eager else ["fast"])
+    out = Path(args.out) if args.out else Path(f"benchmarks/results/train-{args.model}.json")
+    result = bench_train(args.model, image_size=args.image_size, batch_size=args.batch_size, iters=args.iters,
+                         warmup=args.warmup, variants=variants, device=args.device, out=out)
+    print(table(result))
+    print(f"-> {out}")
+    return 0
+
+
+def cmd_bench_load(args: argparse.Namespace) -> int:
+    from stargan.bench.loader_align import bench_load
+
+    cfg = _load(args)
+    result = bench_load(cfg, Path(args.out), images=args.images, batches=args.batches)
+    print(json.dumps(result["summary"], indent=2))
+    print(f"-> {args.out}")
+    return 0
+
+
+def cmd_mlflow_upload(args: argparse.Namespace) -> int:
+    """Send the history of a run trained while MLflow was unreachable (see stargan.tracking)."""
+    from stargan.tracking import resolve_artifact_root, resolve_tracking_uri, upload_history
+
+    cfg = _load(args)
+    root = Path(args.params).resolve().parent
+    run_dir = Path(args.run_dir)
+    uri = resolve_tracking_uri(cfg.train.mlflow.tracking_uri, root)
+    run_id = upload_history(uri, cfg.train.mlflow.experiment, run_dir.name, run_dir / "history.jsonl",
+                            artifact_location=resolve_artifact_root(cfg.train.mlflow.artifact_root, root))
+    (run_dir / "mlflow_run.json").write_text(json.dumps({"run_id": run_id, "tracking_uri": uri}))
+    print(json.dumps({"mlflow_run_id": run_id, "tracking_uri": uri, "run_name": run_dir.name}, indent=2))
+    return 0
+
+
 def cmd_check_params(args: argparse.Namespace) -> int:
     cfg = _load(args)
     print(f"{args.params}: OK ({cfg.train.model}, datasets: {', '.join(cfg.data.datasets)})")
+    return 0
+
+
+def cmd_translate(args: argparse.Namespace) -> int:
+    from stargan.translate import TranslateError, list_inputs, load_any, translate_files
+
+    try:
+        tracking_uri = None
+        if str(args.model).startswith(("models:/", "runs:/")):
+            from stargan.tracking import resolve_tracking_uri
+
+            params = Path(args.params)
+            configured = _load(args).train.mlflow.tracking_uri if params.exists() else None
+            tracking_uri = resolve_tracking_uri(configured, params.resolve().parent)
+        model = load_any(args.model, tracking_uri)
+        done = translate_files(model, list_inputs(args.input), args.target, args.out, align=not args.no_align,
+                               seed=args.seed, reference=args.reference)
+    except TranslateError as e:
+        print(f"stargan translate: error: {e}", file=sys.stderr)
+        return 2
+    for d in done:
+        print(f"{d.input} -> {', '.join(str(p) for p in d.outputs)} (grid: {d.grid}; {d.method})")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from stargan.export import ExportError, export_model
+    from stargan.inference import load_model
+
+    cfg = _load(args)
+    root = Path(args.params).resolve().parent
+    e = cfg.export
+    ckpt = Path(args.checkpoint) if args.checkpoint else root / cfg.train.output_dir / "checkpoint.pt"
+    try:
+        report = export_model(load_model(ckpt), root / e.output_dir, parity_atol=e.parity_atol,
+                              exporter=e.onnx_exporter, latency_reps=e.latency_reps)
+    except ExportError as err:
+        print(f"stargan export: error: {err}", file=sys.stderr)
+        return 2
+    out = {"export_dir": str(root / e.output_dir), "parity_max": report["parity_max"]}
+    if e.register and not args.no_register:
+        from stargan.registry import register
+
+        out["registry"] = register(ckpt, cfg, root, export_dir=root / e.output_dir,
+                                   eval_json=root / "metrics" / "eval.json").to_dict()
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from stargan.stage import write_json
+    from stargan.tuning import TuneError, metrics_summary, run_sweep
+
+    cfg = _load(args)
+    root = Path(args.params).resolve().parent
+    try:
+        best = run_sweep(cfg, root)
+    except TuneError as e:
+        print(f"stargan tune: error: {e}", file=sys.stderr)
+        return 2
+    write_json(root / "models" / "tune" / "best.json", best)
+    write_json(root / "metrics" / "tune.json", metrics_summary(best))
+    print(json.dumps({k: best.get(k) for k in ("name", "best", "best_value", "objective", "mlflow_parent_run_id")},
+                     indent=2))
     return 0
 
 
@@ -63,14 +164,56 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default=None, help="with --local: cpu, cuda, cuda:1 (default: cuda if available)")
     t.set_defaults(func=cmd_train)
 
+    u = with_params(sub.add_parser("mlflow-upload", help="send a run's history.jsonl (trained while MLflow was "
+                                                        "unreachable) to the tracking server"))
+    u.add_argument("run_dir", help="the run folder the training warning named (<storage>/<run name>)")
+    u.set_defaults(func=cmd_mlflow_upload)
+
     c = with_params(sub.add_parser("check-params", help="validate a params file"))
     c.set_defaults(func=cmd_check_params)
+
+    tr = with_params(sub.add_parser("translate", help="translate photos with a trained model (aligns faces)"))
+    tr.add_argument("--model", required=True,
+                    help="models:/stargan@champion, a checkpoint.pt (or its folder), or an exported folder")
+    tr.add_argument("--input", required=True, help="an image file or a folder of images")
+    tr.add_argument("--target", required=True, action="append",
+                    help="v1: label names, comma-combined (Blond_Hair,Male); v2: domain name(s). Repeat for more outputs")
+    tr.add_argument("--out", default="translated", help="output folder (default: translated/)")
+    tr.add_argument("--no-align", action="store_true", help="inputs are aligned face crops: skip face detection")
+    style = tr.add_mutually_exclusive_group()
+    style.add_argument("--seed", type=int, default=None, help="v2: latent-guided style from this seed (default 0)")
+    style.add_argument("--reference", default=None, help="v2: reference-guided style from this image")
+    tr.set_defaults(func=cmd_translate)
+
+    ex = with_params(sub.add_parser("export", help="TorchScript + ONNX export (parity-checked) and MLflow registry"))
+    ex.add_argument("--checkpoint", default=None, help="default: <train.output_dir>/checkpoint.pt")
+    ex.add_argument("--no-register", action="store_true", help="export files only, no MLflow")
+    ex.set_defaults(func=cmd_export)
+
+    tu = with_params(sub.add_parser("tune", help="Ray Tune sweep over the loss weights -> models/tune/best.json"))
+    tu.set_defaults(func=cmd_tune)
 
     bench = sub.add_parser("bench", help="benchmarks that write JSON")
     bsub = bench.add_subparsers(dest="bench", required=True)
     bd = with_params(bsub.add_parser("data", help="align, shard and loader throughput (images/s)"))
     bd.add_argument("--out", default="benchmarks/results/data-cpu.json")
     bd.set_defaults(func=cmd_bench_data)
+    bl = with_params(bsub.add_parser("load", help="loader (1/2/4 workers) and align (1/2 processes) images/s"))
+    bl.add_argument("--out", default="benchmarks/results/load-cpu.json")
+    bl.add_argument("--images", type=int, default=512, help="images in the generated aligned/raw sets")
+    bl.add_argument("--batches", type=int, default=30, help="timed loader batches per worker count")
+    bl.set_defaults(func=cmd_bench_load)
+    bt = bsub.add_parser("train", help="GPU training-step throughput at the papers' settings (JSON)")
+    bt.add_argument("--model", choices=("v1", "v2"), required=True)
+    bt.add_argument("--compare-eager", action="store_true", help="also time plain fp32 eager in the same run")
+    bt.add_argument("--variants", default=None, help="comma list of stargan.bench.train.VARIANTS (overrides the above)")
+    bt.add_argument("--image-size", type=int, default=None, help="default: 128 (v1), 256 (v2)")
+    bt.add_argument("--batch-size", type=int, default=None, help="default: 16 (v1), 8 (v2)")
+    bt.add_argument("--iters", type=int, default=None, help="timed iterations (default: 200 v1, 30 v2)")
+    bt.add_argument("--warmup", type=int, default=None)
+    bt.add_argument("--device", default=None)
+    bt.add_argument("--out", default=None, help="default: benchmarks/results/train-<model>.json")
+    bt.set_defaults(func=cmd_bench_train)
     return p
 
 

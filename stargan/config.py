@@ -184,6 +184,10 @@ class TrainConfig:
     output_dir: str = knob("models/train", doc="final checkpoint + samples")
     amp_bf16: bool = knob(False, doc="bf16 autocast (GPU); penalties stay fp32")
     channels_last: bool = knob(False)
+    tf32: bool = knob(False, doc="CUDA: TF32 matmuls/convs and cuDNN autotuning (sets global torch.backends flags)")
+    fast_ops: bool = knob(False, doc="layout-keeping instance norm/AdaIN, reshape-mean 2x2 pooling, fused Adam, "
+                                     "batched passes where the maths allows (see benchmarks/README.md)")
+    compile: bool = knob(False, doc="torch.compile the passes that need no double backward (G; v2 also F, E, D on fakes)")
     v1: V1Config = field(default_factory=V1Config)
     v2: V2Config = field(default_factory=V2Config)
     ray: RayConfig = field(default_factory=RayConfig)
@@ -198,6 +202,12 @@ class EvaluateConfig:
     weights_dir: str | None = knob(None, doc="folder with pt_inception-2015-12-05 and LPIPS weights")
     classifier_iters: int = knob(2000, lo=1)
     max_images: int = knob(0, lo=0, doc="0 = all test images")
+    classifier_width: int = knob(64, lo=1, doc="base channels of the ResNet-18-shaped attribute classifier "
+                                               "(64 = ResNet-18)")
+    classifier_batch_size: int = knob(32, lo=1)
+    classifier_lr: float = knob(1e-3, lo=0)
+    download_weights: bool = knob(True, doc="fetch missing FID/LPIPS weights from their official URLs")
+    grid_images: int = knob(8, lo=1, doc="source images (rows) in the sample grids")
 
 
 @dataclass
@@ -209,6 +219,17 @@ class TuneConfig:
     lambda_rec: list[float] = knob([5.0, 20.0])
     lambda_sty: list[float] = knob([0.5, 2.0])
     lambda_ds: list[float] = knob([0.5, 2.0])
+    objective: str = knob("counterfactual_l1", doc="key of stargan.evaluation.quick_objective's result that "
+                                                  "ranks the trials (e.g. counterfactual_l1, objective)")
+    mode: str = knob("min", choices=("min", "max"))
+    reports_per_trial: int = knob(3, lo=1, doc="validation points per trial (ASHA rungs are these)")
+    val_images: int = knob(32, lo=1, doc="validation images per objective evaluation")
+    max_concurrent: int = knob(2, lo=1)
+    grace_period: int = knob(1, lo=1, doc="ASHA: reports before a trial may be stopped")
+    reduction_factor: int = knob(2, lo=2)
+    use_ray_train: bool = knob(False, doc="each trial a Ray Train TorchTrainer run (DDP workers, for clusters); "
+                                          "false = the worker loop in the trial's process (fast on one box)")
+    cpus: int = knob(4, lo=1, doc="logical CPUs a local Ray instance declares (over-subscription is fine)")
 
 
 @dataclass
@@ -217,6 +238,13 @@ class ExportConfig:
     registered_name: str = knob("stargan")
     alias: str = knob("champion")
     parity_atol: float = knob(1e-4, lo=0)
+    onnx_exporter: str = knob("dynamo", choices=("dynamo", "legacy"),
+                              doc="dynamo (torch.export + onnxscript) or the deprecated TorchScript exporter")
+    latency_reps: int = knob(5, lo=1)
+    register: bool = knob(True, doc="log the pyfunc to MLflow and register it")
+    objective: str = knob("counterfactual/l1", doc="key in metrics/eval.json that decides the champion "
+                                                  "(nested sections joined by '/')")
+    objective_mode: str = knob("min", choices=("min", "max"))
 
 
 @dataclass

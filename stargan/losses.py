@@ -34,10 +34,20 @@ def gradient_penalty(critic_out: Tensor, x_hat: Tensor) -> Tensor:
     return ((norm - 1.0) ** 2).mean()
 
 
-def interpolate(x_real: Tensor, x_fake: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """x̂ = α·x_real + (1−α)·x_fake with one α ~ U(0,1) per sample; detached, requires grad."""
-    device = generator.device if generator is not None else x_real.device   # a CPU generator may drive CUDA
-    alpha = torch.rand(x_real.size(0), 1, 1, 1, device=device, generator=generator).to(x_real.device)
+def interpolation_weights(n: int, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
+    """One α ~ U(0,1) per sample, [n,1,1,1] on ``device``, drawn from ``generator`` (which may
+    live on the CPU while the data is on CUDA). Draw it before queueing GPU work when a CPU
+    generator is used: the host-to-device copy then waits on nothing."""
+    gen_device = generator.device if generator is not None else device
+    return torch.rand(n, 1, 1, 1, device=gen_device, generator=generator).to(device)
+
+
+def interpolate(x_real: Tensor, x_fake: Tensor, generator: torch.Generator | None = None,
+                alpha: Tensor | None = None) -> Tensor:
+    """x̂ = α·x_real + (1−α)·x_fake with one α ~ U(0,1) per sample (``alpha`` if given, else
+    drawn from ``generator``); detached, requires grad."""
+    if alpha is None:
+        alpha = interpolation_weights(x_real.size(0), x_real.device, generator)
     return (alpha * x_real.detach() + (1 - alpha) * x_fake.detach()).requires_grad_(True)
 
 

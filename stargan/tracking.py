@@ -6,6 +6,12 @@ every logged step final, so a restart never logs a step twice (MLflow cannot del
 If the tracking server is unreachable, training goes on: points stay in the buffer and are also
 appended to a local JSON-lines file beside the checkpoint, and a warning says so; the next
 successful flush sends everything that was held back.
+
+If the server cannot be reached when training *starts*, the driver does not fail either: it
+warns, trains with an offline logger (``run_id == ""``: metrics go to ``history.jsonl`` only)
+and says how to send the history later (:func:`upload_history`, ``stargan mlflow-upload``).
+HTTP tracking URIs are probed with a plain TCP connect first (:func:`server_reachable`), because
+MLflow's client retries a refused connection with exponential backoff for minutes.
 """
 from __future__ import annotations
 
@@ -46,6 +52,43 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def server_reachable(tracking_uri: str, timeout_s: float = 3.0) -> bool:
+    """False when an ``http(s)://`` tracking server does not accept a TCP connection within
+    ``timeout_s``; True for anything else (SQLite, file stores: local, checked when used)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(tracking_uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return True
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def upload_history(tracking_uri: str, experiment: str, run_name: str, history: Path,
+                   params: dict | None = None, artifact_location: str | None = None) -> str:
+    """Send a run's ``history.jsonl`` (written while MLflow was unreachable) as a new MLflow run;
+    returns its id. Each line is ``{"step": n, "<metric>": value, ...}``."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    exp_id = ensure_experiment(tracking_uri, experiment, artifact_location or "mlartifacts")
+    run_id = start_run(tracking_uri, exp_id, run_name, params or {}, tags={"stargan.uploaded_from": str(history)})
+    ts = int(time.time() * 1000)
+    points = [Metric(k, float(v), ts, int(row["step"]))
+              for row in (json.loads(ln) for ln in Path(history).read_text().splitlines() if ln.strip())
+              for k, v in row.items() if k != "step"]
+    client = MlflowClient(tracking_uri)
+    for i in range(0, len(points), 1000):
+        client.log_batch(run_id, metrics=points[i:i + 1000])
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
 def ensure_experiment(tracking_uri: str, name: str, artifact_location: str) -> str:
     from mlflow.tracking import MlflowClient
 
@@ -69,7 +112,8 @@ def start_run(tracking_uri: str, experiment_id: str, run_name: str, params: dict
 
 
 class RunLogger:
-    """Rank-0 logger bound to an existing MLflow run id (created by the driver)."""
+    """Rank-0 logger bound to an existing MLflow run id (created by the driver); ``run_id == ""``
+    is an offline run: metrics go to ``local_log`` only."""
 
     def __init__(self, tracking_uri: str, run_id: str, local_log: Path | None = None):
         self.tracking_uri, self.run_id = tracking_uri, run_id
@@ -77,6 +121,7 @@ class RunLogger:
         self._pending: list[tuple[str, float, int, int]] = []
         self._client = None
         self._warned = False
+        self._held: dict[str, int] | None = None    # last step the run already holds, per metric
 
     @property
     def client(self):
@@ -100,8 +145,15 @@ class RunLogger:
 
         if not self._pending:
             return True
+        if not self.run_id:                       # offline run: history.jsonl has everything
+            self._pending.clear()
+            return True
         try:
-            batch = [Metric(k, v, ts, s) for k, v, ts, s in self._pending]
+            if not server_reachable(self.tracking_uri):
+                raise ConnectionRefusedError("no TCP connection to the tracking server")
+            if self._held is None:
+                self._held = self._steps_held({k for k, *_ in self._pending})
+            batch = [Metric(k, v, ts, s) for k, v, ts, s in self._pending if s > self._held.get(k, -1)]
             for i in range(0, len(batch), 1000):
                 self.client.log_batch(self.run_id, metrics=batch[i:i + 1000])
         except Exception as e:  # noqa: BLE001 - any transport/store failure: keep training
@@ -114,17 +166,32 @@ class RunLogger:
         self._pending.clear()
         return True
 
+    def _steps_held(self, keys: set[str]) -> dict[str, int]:
+        """The last step of each metric the run already holds. A worker restarted from a checkpoint
+        replays the steps after it; normally none of them were sent (we flush at checkpoints), but
+        when the whole job is killed a worker can outlive its controller for a moment, flush at a
+        checkpoint the controller never registered, and the resumed run replays those steps. They
+        are deterministic replays, so the points already held are the same: skip them."""
+        return {k: max((m.step for m in self.client.get_metric_history(self.run_id, k)), default=-1) for k in keys}
+
     def discard_pending(self) -> None:
         """Drop points logged after the last checkpoint (they will be recomputed on restart)."""
         self._pending.clear()
 
     def log_image(self, image: np.ndarray, artifact_file: str) -> None:
+        if not self.run_id or not server_reachable(self.tracking_uri):
+            if self.local_log is not None:        # keep the grid beside the history instead
+                from stargan.visualize import save_png
+                save_png(self.local_log.parent / artifact_file, image)
+            return
         try:
             self.client.log_image(self.run_id, image, artifact_file=artifact_file)
         except Exception as e:  # noqa: BLE001
             print(f"[stargan] WARNING: could not log {artifact_file} to MLflow: {e}", file=sys.stderr)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        if not self.run_id:
+            return
         try:
             self.client.log_artifact(self.run_id, str(path), artifact_path)
         except Exception as e:  # noqa: BLE001

@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import struct
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,12 +151,29 @@ def assign_split(key: str, identity: int, test_fraction: float, val_fraction: fl
 # ------------------------------------------------------------------------------ writing
 
 def _png_rgb8_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) of an 8-bit RGB PNG from its IHDR chunk; None for anything else."""
+    """(width, height) of an intact 8-bit RGB PNG from its IHDR chunk; None for anything else."""
     if len(data) < 26 or data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
         return None
     if data[24] != 8 or data[25] != 2:            # bit depth 8, colour type 2 (RGB)
         return None
-    return struct.unpack(">II", data[16:24])
+    return struct.unpack(">II", data[16:24]) if _png_chunks_intact(data) else None
+
+
+def _png_chunks_intact(data: bytes) -> bool:
+    """Every chunk complete with a matching CRC, up to IEND: a truncated or bit-flipped PNG is not
+    passed through unchecked (it goes to the decoder, which names the problem). ~1 GB/s."""
+    pos = 8
+    while pos + 12 <= len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        end = pos + 12 + length
+        if end > len(data):
+            return False
+        if zlib.crc32(data[pos + 4:end - 4]) & 0xFFFFFFFF != struct.unpack(">I", data[end - 4:end])[0]:
+            return False
+        if data[pos + 4:pos + 8] == b"IEND":
+            return True
+        pos = end
+    return False
 
 
 def _image_bytes(rec: AlignedRecord, fmt: str, quality: int, size: int) -> bytes:
@@ -232,13 +250,14 @@ def write_shards(aligned_dir: Path, out_dir: Path, cfg: ShardConfig, name: str |
             assigned += 1
         by_split[split].append(r)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     files: list[dict] = []
     counts: dict[str, dict] = {}
     try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale(out_dir)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
         with ThreadPoolExecutor(max_workers=threads or min(4, os.cpu_count() or 1)) as pool:
             for split in SPLITS:
                 recs = sorted(by_split[split], key=lambda r: r.key)
@@ -270,16 +289,44 @@ def write_shards(aligned_dir: Path, out_dir: Path, cfg: ShardConfig, name: str |
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         _replace_dir(tmp, out_dir)
+    except OSError as e:     # disk full, unwritable folder, quota: the previous shards stay as they were
+        kept = "the previous shards there are intact" if (out_dir / "manifest.json").exists() else "nothing was written"
+        raise ShardError(f"cannot write shards to {out_dir}: {e.strerror or e} [errno {e.errno}]"
+                         f"{' (' + e.filename + ')' if e.filename else ''}; {kept}. Free space or make "
+                         f"{out_dir.parent} writable, then {REPAIR}") from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return manifest
+
+
+def _remove_stale(out_dir: Path) -> None:
+    """Temp/old folders left beside ``out_dir`` by killed runs (their pid no longer exists)."""
+    for p in out_dir.parent.glob(f".{out_dir.name}.*-*"):
+        kind, _, pid = p.name[len(out_dir.name) + 2:].partition("-")
+        if kind in ("tmp", "old") and pid.isdigit() and p.is_dir() and not _alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def _replace_dir(tmp: Path, out_dir: Path) -> None:
     old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
     if out_dir.exists():
         os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
+    try:
+        os.replace(tmp, out_dir)
+    except OSError:
+        if old.exists():
+            os.replace(old, out_dir)      # put the previous shards back
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 

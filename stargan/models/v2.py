@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stargan.config import ConfigError, TrainConfig
+from stargan.models.ops import (InstanceNorm, apply_backend_flags, avg_pool2x, compile_module, instance_norm,
+                                set_fast_ops)
 
 __all__ = [
     "ResBlk", "AdaIN", "AdainResBlk", "HighPass", "Generator", "MappingNetwork", "StyleEncoder",
@@ -49,7 +51,10 @@ def _first_dim(img_size: int, max_conv_dim: int) -> int:
 
 class ResBlk(nn.Module):
     """Pre-activation residual block: [IN] act conv3 [pool] [IN] act conv3, plus a shortcut
-    (1x1 conv without bias when the width changes, then pool); the sum is divided by sqrt(2)."""
+    (1x1 conv without bias when the width changes, then pool); the sum is divided by sqrt(2).
+    ``fast`` (``train.fast_ops``) pools with :func:`~stargan.models.ops.avg_pool2x`."""
+
+    fast: bool = False
 
     def __init__(self, dim_in: int, dim_out: int, normalize: bool = False, downsample: bool = False):
         super().__init__()
@@ -59,22 +64,25 @@ class ResBlk(nn.Module):
         self.conv1 = nn.Conv2d(dim_in, dim_in, 3, 1, 1)
         self.conv2 = nn.Conv2d(dim_in, dim_out, 3, 1, 1)
         if normalize:
-            self.norm1 = nn.InstanceNorm2d(dim_in, affine=True)
-            self.norm2 = nn.InstanceNorm2d(dim_in, affine=True)
+            self.norm1 = InstanceNorm(dim_in, affine=True)
+            self.norm2 = InstanceNorm(dim_in, affine=True)
         if self.learned_sc:
             self.conv1x1 = nn.Conv2d(dim_in, dim_out, 1, 1, 0, bias=False)
 
     def _shortcut(self, x: Tensor) -> Tensor:
         if self.learned_sc:
             x = self.conv1x1(x)
-        return F.avg_pool2d(x, 2) if self.downsample else x
+        return self._pool(x) if self.downsample else x
+
+    def _pool(self, x: Tensor) -> Tensor:
+        return avg_pool2x(x) if self.fast else F.avg_pool2d(x, 2)
 
     def _residual(self, x: Tensor) -> Tensor:
         if self.normalize:
             x = self.norm1(x)
         x = self.conv1(self.actv(x))
         if self.downsample:
-            x = F.avg_pool2d(x, 2)
+            x = self._pool(x)
         if self.normalize:
             x = self.norm2(x)
         return self.conv2(self.actv(x))
@@ -84,7 +92,10 @@ class ResBlk(nn.Module):
 
 
 class AdaIN(nn.Module):
-    """Adaptive instance norm: ``(1 + γ) · IN(x) + β`` with (γ, β) = Linear(style_dim, 2C)(s)."""
+    """Adaptive instance norm: ``(1 + γ) · IN(x) + β`` with (γ, β) = Linear(style_dim, 2C)(s).
+    ``fast`` folds γ, β into one normalising pass (:func:`~stargan.models.ops.instance_norm`)."""
+
+    fast: bool = False
 
     def __init__(self, style_dim: int, num_features: int):
         super().__init__()
@@ -93,6 +104,8 @@ class AdaIN(nn.Module):
 
     def forward(self, x: Tensor, s: Tensor) -> Tensor:
         gamma, beta = self.fc(s)[:, :, None, None].chunk(2, dim=1)
+        if self.fast:
+            return instance_norm(x, None, None, self.norm.eps, gamma=gamma, beta=beta)
         return (1 + gamma) * self.norm(x) + beta
 
 
@@ -173,7 +186,7 @@ class Generator(nn.Module):
         dim_in = _first_dim(img_size, max_conv_dim)
         self.img_size, self.w_hpf = img_size, w_hpf
         self.from_rgb = nn.Conv2d(3, dim_in, 3, 1, 1)
-        self.to_rgb = nn.Sequential(nn.InstanceNorm2d(dim_in, affine=True), nn.LeakyReLU(0.2),
+        self.to_rgb = nn.Sequential(InstanceNorm(dim_in, affine=True), nn.LeakyReLU(0.2),
                                     nn.Conv2d(dim_in, 3, 1, 1, 0))
         encode, decode = [], []
         dim_out = dim_in
@@ -297,7 +310,9 @@ def he_init(module: nn.Module) -> None:
 class V2Nets:
     """The trained nets and the EMA copies of G, F, E that are sampled, evaluated and exported.
     ``fan`` is the frozen landmark network that makes the masks when ``w_hpf > 0`` (None here:
-    FAN support is not implemented yet)."""
+    FAN support is not implemented yet). ``D_single`` is D for the passes that are differentiated
+    once (fakes, G phases): D itself, or with ``train.compile`` a compiled view of the same
+    parameters (R1's double backward always runs the eager D)."""
     G: Generator
     F: MappingNetwork
     E: StyleEncoder
@@ -306,6 +321,11 @@ class V2Nets:
     F_ema: MappingNetwork
     E_ema: StyleEncoder
     fan: nn.Module | None = None
+    D_single: nn.Module | None = None
+
+    def __post_init__(self) -> None:
+        if self.D_single is None:
+            self.D_single = self.D
 
     def trained(self) -> dict[str, nn.Module]:
         return {"G": self.G, "F": self.F, "E": self.E, "D": self.D}
@@ -356,15 +376,24 @@ def build_v2(cfg: TrainConfig, num_domains: int, device: torch.device | str | No
             he_init(net)
     for net in (G, Fm, E, D):
         net.to(device=device)
+        if cfg.fast_ops:
+            set_fast_ops(net)
+    apply_backend_flags(cfg.tf32, device)
     if cfg.channels_last:
         for net in (G, E, D):
             net.to(memory_format=torch.channels_last)
     nets = V2Nets(G, Fm, E, D, copy.deepcopy(G), copy.deepcopy(Fm), copy.deepcopy(E))
     for net in nets.ema().values():
         net.requires_grad_(False)
+    if cfg.compile:
+        for net in (G, Fm, E):
+            compile_module(net)
+        nets.D_single = torch.compile(D)
+    on_cuda = device is not None and torch.device(device).type == "cuda"
+    fused = {"fused": True} if cfg.fast_ops and on_cuda else {}
 
     def adam(module: nn.Module, lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(module.parameters(), lr=lr, betas=(v2.beta1, v2.beta2),
-                                weight_decay=v2.weight_decay)
+                                weight_decay=v2.weight_decay, **fused)
 
     return nets, V2Optims(G=adam(G, v2.lr), F=adam(Fm, v2.f_lr), E=adam(E, v2.lr), D=adam(D, v2.lr))

@@ -71,22 +71,29 @@ def save_state(state: TrainState, path: str | Path) -> Path:
     path = Path(path)
     if path.suffix != ".pt":
         path = path / FILENAME
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT, "step": int(state.step), "model": state.model,
         "config_json": json.dumps(state.config, sort_keys=True),
         "nets": state.nets, "optims": state.optims, "rng": state.rng,
         "extra_json": json.dumps(state.extra, sort_keys=True),
     }
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):   # disk full, read-only or unwritable folder, quota, ...
+            kept = "the previous checkpoint there is intact" if path.exists() else "nothing was written"
+            raise CheckpointError(f"cannot write the checkpoint {path}: {e.strerror or e} "
+                                  f"[errno {e.errno}]; {kept}. Free space or point train.output_dir / "
+                                  "train.ray.storage_path at a writable folder") from e
         raise
     return path
 

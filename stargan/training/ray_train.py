@@ -12,12 +12,14 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from stargan.config import Config, config_from_dict
+from stargan.storage import open_storage, ray_run_config_kwargs
 from stargan.training.checkpoint import FILENAME, TrainState, load_state, save_state
 from stargan.training.errors import TrainingError
 
@@ -71,6 +73,13 @@ class _RayHooks:
             ray.train.report(metrics)
 
 
+class _NoTracking:
+    """The MLflow calls of :func:`_finish` for an offline run: nothing to do."""
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
+
+
 def _worker_entry(config: dict) -> None:
     """``train_loop_per_worker``: runs inside each Ray Train worker process."""
     import ray.train
@@ -106,7 +115,8 @@ def _init_ray(cfg: Config) -> bool:
         ray.init(address=address, log_to_driver=True)
         return True
     need = cfg.train.ray.num_workers * cfg.train.ray.cpus_per_worker + 1
-    ray.init(num_cpus=max(int(need + 0.999), os.cpu_count() or 1), log_to_driver=True)
+    # A local instance: its dashboard / job API (which runs arbitrary commands) on loopback only.
+    ray.init(num_cpus=max(int(need + 0.999), os.cpu_count() or 1), log_to_driver=True, dashboard_host="127.0.0.1")
     return True
 
 
@@ -116,23 +126,25 @@ def fit(cfg: Config, repo_root: Path, *, run_name: str | None = None) -> TrainOu
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from stargan.tracking import ensure_experiment, resolve_artifact_root, resolve_tracking_uri, start_run
+    from stargan.tracking import resolve_tracking_uri
 
     repo_root = repo_root.resolve()
     name = run_name or run_name_for(cfg, repo_root)
-    storage = Path(cfg.train.ray.storage_path or repo_root / "ray_results").resolve()
-    run_dir = storage / name
+    # Checkpoints and the run record go to train.ray.storage_path: a folder or a URI (s3://, gs://,
+    # file://, any fsspec scheme; see stargan/storage.py). history.jsonl and the worker pid files
+    # are node-local files: in the storage folder when it is local, else in <repo>/ray_results.
+    store = open_storage(cfg.train.ray.storage_path or "ray_results", repo_root)
+    run_dir = (store.local_root or repo_root / "ray_results") / name
     run_dir.mkdir(parents=True, exist_ok=True)
     tracking_uri = resolve_tracking_uri(cfg.train.mlflow.tracking_uri, repo_root)
-    run_file = run_dir / "mlflow_run.json"
-    if run_file.exists():
-        run_id = json.loads(run_file.read_text())["run_id"]
+    run_file = f"{name}/mlflow_run.json"
+    if store.exists(run_file):
+        run_id = json.loads(store.read_text(run_file))["run_id"]
     else:
-        exp_id = ensure_experiment(tracking_uri, cfg.train.mlflow.experiment,
-                                   resolve_artifact_root(cfg.train.mlflow.artifact_root, repo_root))
-        run_id = start_run(tracking_uri, exp_id, name, cfg.to_dict()["train"] | {"datasets": cfg.train.datasets},
-                           tags={"stargan.model": cfg.train.model, "stargan.run_name": name})
-        run_file.write_text(json.dumps({"run_id": run_id, "tracking_uri": tracking_uri}))
+        run_id = _start_mlflow_run(cfg, repo_root, tracking_uri, name, run_dir)
+        store.write_text(run_file, json.dumps({"run_id": run_id, "tracking_uri": tracking_uri}))
+    if not run_id:
+        _warn_offline(cfg, tracking_uri, name, run_dir)
 
     started = _init_ray(cfg)
     try:
@@ -145,7 +157,7 @@ def fit(cfg: Config, repo_root: Path, *, run_name: str | None = None) -> TrainOu
                                "log_path": str(run_dir / "history.jsonl")},
             scaling_config=ray.train.ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu,
                                                    resources_per_worker=resources),
-            run_config=ray.train.RunConfig(name=name, storage_path=str(storage),
+            run_config=ray.train.RunConfig(name=name, **ray_run_config_kwargs(store),
                                            failure_config=ray.train.FailureConfig(max_failures=r.max_failures),
                                            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)))
         result = trainer.fit()
@@ -155,11 +167,43 @@ def fit(cfg: Config, repo_root: Path, *, run_name: str | None = None) -> TrainOu
     return _finish(cfg, repo_root, result, run_dir, run_id, tracking_uri, name)
 
 
+def _start_mlflow_run(cfg: Config, repo_root: Path, tracking_uri: str, name: str, run_dir: Path) -> str:
+    """The MLflow run id, or "" (an offline run) when the tracking store cannot be used: training
+    must not fail, or wait minutes on client retries, because a tracking server is down."""
+    from stargan.tracking import ensure_experiment, resolve_artifact_root, server_reachable, start_run
+
+    if not server_reachable(tracking_uri):
+        print(f"[stargan] WARNING: the MLflow tracking server {tracking_uri} is unreachable", file=sys.stderr)
+        return ""
+    try:
+        exp_id = ensure_experiment(tracking_uri, cfg.train.mlflow.experiment,
+                                   resolve_artifact_root(cfg.train.mlflow.artifact_root, repo_root))
+        return start_run(tracking_uri, exp_id, name, cfg.to_dict()["train"] | {"datasets": cfg.train.datasets},
+                         tags={"stargan.model": cfg.train.model, "stargan.run_name": name})
+    except Exception as e:  # noqa: BLE001 - any store/transport failure: train without tracking
+        print(f"[stargan] WARNING: cannot open an MLflow run at {tracking_uri} ({type(e).__name__}: "
+              f"{str(e)[:200]})", file=sys.stderr)
+        return ""
+
+
+def _warn_offline(cfg: Config, tracking_uri: str, name: str, run_dir: Path) -> None:
+    print(f"[stargan] WARNING: training run {name} goes on WITHOUT MLflow tracking: metrics are kept in "
+          f"{run_dir / 'history.jsonl'} and sample grids beside it. To send them to MLflow later: "
+          f"`stargan mlflow-upload {run_dir}` (tracking URI from train.mlflow.tracking_uri or "
+          f"MLFLOW_TRACKING_URI, now {tracking_uri})", file=sys.stderr, flush=True)
+
+
 def _finish(cfg: Config, repo_root: Path, result: Any, run_dir: Path, run_id: str, tracking_uri: str,
             name: str) -> TrainOutcome:
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri)
+    from stargan.tracking import server_reachable
+
+    online = bool(run_id) and server_reachable(tracking_uri)
+    if run_id and not online:
+        print(f"[stargan] WARNING: MLflow at {tracking_uri} is unreachable at the end of training: run {run_id} "
+              "is left open and the checkpoint is not logged to it", file=sys.stderr)
+    client = MlflowClient(tracking_uri) if online else _NoTracking()
     metrics = dict(result.metrics or {})
     if getattr(result, "error", None) is not None:
         client.set_terminated(run_id, "FAILED")
@@ -175,7 +219,13 @@ def _finish(cfg: Config, repo_root: Path, result: Any, run_dir: Path, run_id: st
         tmp = out_dir / f".{FILENAME}.tmp"
         shutil.copyfile(Path(d) / FILENAME, tmp)
         os.replace(tmp, out_dir / FILENAME)
-    client.log_artifact(run_id, str(out_dir / FILENAME), "checkpoint")
-    client.set_terminated(run_id, "FINISHED")
+    try:
+        client.log_artifact(run_id, str(out_dir / FILENAME), "checkpoint")
+        client.set_terminated(run_id, "FINISHED")
+    except Exception as e:  # noqa: BLE001 - the model is saved; tracking is not worth failing for
+        print(f"[stargan] WARNING: could not finish the MLflow run {run_id} at {tracking_uri}: {e}",
+              file=sys.stderr)
+    if not run_id:
+        _warn_offline(cfg, tracking_uri, name, run_dir)
     return TrainOutcome(checkpoint=out_dir / FILENAME, metrics=metrics, history=run_dir / "history.jsonl",
                         mlflow_run_id=run_id, tracking_uri=tracking_uri, run_name=name)

@@ -25,7 +25,9 @@ from torch import Tensor, nn
 from torch.autograd.profiler import record_function
 
 from stargan.config import TrainConfig
-from stargan.losses import domain_cls_loss, gradient_penalty, interpolate, l1, wgan_d_loss, wgan_g_loss
+from stargan.losses import (domain_cls_loss, gradient_penalty, interpolate, interpolation_weights, l1, wgan_d_loss,
+                            wgan_g_loss)
+from stargan.models.ops import apply_backend_flags, compile_module, set_fast_ops
 from stargan.models.v1 import Discriminator, Generator
 from stargan.training.errors import NonFiniteLossError
 from stargan.training.labels import LabelLayout
@@ -54,7 +56,9 @@ def build_v1(cfg: TrainConfig, layout: LabelLayout, device: torch.device | str |
     """G (label size ``layout.c_dim``) and D (cls size ``layout.cls_dim``) with their Adams.
 
     Initial weights depend on ``cfg.seed`` only (drawn from a forked RNG, so the caller's
-    global RNG is left as it was).
+    global RNG is left as it was). Opt-in speed knobs: ``fast_ops`` (layout-keeping instance
+    norm), ``tf32`` (CUDA backend flags), ``compile`` (G only: D's gradient penalty needs a
+    double backward, which compiled graphs do not support).
     """
     v = cfg.v1
     device = torch.device(device) if device is not None else torch.device("cpu")
@@ -65,6 +69,11 @@ def build_v1(cfg: TrainConfig, layout: LabelLayout, device: torch.device | str |
     memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
     G = G.to(device=device, memory_format=memory_format)
     D = D.to(device=device, memory_format=memory_format)
+    if cfg.fast_ops:
+        set_fast_ops(G)
+    apply_backend_flags(cfg.tf32, device)
+    if cfg.compile:
+        compile_module(G)
     fused = {"fused": True} if device.type == "cuda" else {}
     g_opt = torch.optim.Adam(G.parameters(), lr=v.g_lr, betas=(v.beta1, v.beta2), **fused)
     d_opt = torch.optim.Adam(D.parameters(), lr=v.d_lr, betas=(v.beta1, v.beta2), **fused)
@@ -99,6 +108,9 @@ def train_step(nets: V1Nets, optims: V1Optims, batch: dict, cfg: TrainConfig, st
     label_trg = layout.sample_targets(dataset_idx, label_org, generator)
     c_org = layout.to_model_label(dataset_idx, label_org)
     c_trg = layout.to_model_label(dataset_idx, label_trg)
+    # GP weights drawn now, in the same generator order as before: a CPU generator's copy to the
+    # device then does not wait for the queued D pass (it was a mid-step sync).
+    alpha = interpolation_weights(x_real.size(0), device, generator)
 
     lr_g = linear_decay_lr(step, v.g_lr, cfg.num_iters, v.num_iters_decay)
     lr_d = linear_decay_lr(step, v.d_lr, cfg.num_iters, v.num_iters_decay)
@@ -120,7 +132,7 @@ def train_step(nets: V1Nets, optims: V1Optims, batch: dict, cfg: TrainConfig, st
         d_real, d_fake = wgan_d_loss(src_real, src_fake)
         d_cls = cls_loss(layout, dataset_idx, cls[: x_real.size(0)], label_org)
     with record_function("D_gp"), torch.autocast(device.type, enabled=False):
-        x_hat = interpolate(x_real, x_fake, generator)
+        x_hat = interpolate(x_real, x_fake, alpha=alpha)
         d_gp = gradient_penalty(D(x_hat)[0], x_hat)
     d_loss = d_real + d_fake + v.lambda_cls * d_cls + v.lambda_gp * d_gp
     with record_function("D_backward"):

@@ -13,6 +13,10 @@ Differences from the official code, none changing the maths:
   are computed for them (the official computes and then discards them).
 - with ``amp_bf16`` the forwards run in bf16 autocast except D's pass on real images, whose
   input gradient is the R1 penalty: that pass and the penalty stay fp32.
+- with ``fast_ops`` two pairs of passes run batched, which per-sample nets allow exactly: the
+  no-grad fakes of both D phases (G, F, E are not updated between them) in one G pass, and in the
+  latent G phase E(G(x, s̃)) and E(x) in one E pass. D passes differentiated once go through
+  ``nets.D_single`` (compiled with ``train.compile``).
 """
 from __future__ import annotations
 
@@ -63,9 +67,10 @@ def fan_masks(nets: V2Nets, x: Tensor) -> Masks:
 
 def d_phase(nets: V2Nets, cfg: TrainConfig, x_real: Tensor, y_org: Tensor, y_trg: Tensor, *,
             z_trg: Tensor | None = None, x_ref: Tensor | None = None, masks: Masks = None,
-            ) -> tuple[Tensor, dict[str, Tensor]]:
-    """D loss = BCE(D(x), 1) + BCE(D(G(x, s̃)), 0) + λ_reg·R1(x); s̃ from F(z) or E(x_ref)."""
-    if (z_trg is None) == (x_ref is None):
+            x_fake: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """D loss = BCE(D(x), 1) + BCE(D(G(x, s̃)), 0) + λ_reg·R1(x); s̃ from F(z) or E(x_ref).
+    ``x_fake``: the no-grad fake G(x, s̃) when the caller made it already (then z_trg/x_ref unused)."""
+    if x_fake is None and (z_trg is None) == (x_ref is None):
         raise ValueError("d_phase takes exactly one of z_trg (latent) or x_ref (reference)")
     dev = x_real.device
     x_leaf = x_real.detach().requires_grad_(True)
@@ -74,10 +79,11 @@ def d_phase(nets: V2Nets, cfg: TrainConfig, x_real: Tensor, y_org: Tensor, y_trg
     loss_real = nonsat_loss(out, 1.0)
     loss_reg = r1_penalty(out, x_leaf)
     with _autocast(cfg, dev):
-        with torch.no_grad():
-            s_trg = nets.F(z_trg, y_trg) if z_trg is not None else nets.E(x_ref, y_trg)
-            x_fake = nets.G(x_real.detach(), s_trg, masks=masks)
-        out = nets.D(x_fake, y_trg)
+        if x_fake is None:
+            with torch.no_grad():
+                s_trg = nets.F(z_trg, y_trg) if z_trg is not None else nets.E(x_ref, y_trg)
+                x_fake = nets.G(x_real.detach(), s_trg, masks=masks)
+        out = nets.D_single(x_fake.detach(), y_trg)
     loss_fake = nonsat_loss(out, 0.0)
     loss = loss_real + loss_fake + cfg.v2.lambda_reg * loss_reg
     return loss, {"real": loss_real.detach(), "fake": loss_fake.detach(), "reg": loss_reg.detach()}
@@ -99,13 +105,22 @@ def g_phase(nets: V2Nets, cfg: TrainConfig, x_real: Tensor, y_org: Tensor, y_trg
     with _autocast(cfg, x_real.device):
         s_trg = style(0)
         x_fake = nets.G(x_real, s_trg, masks=masks)
-        loss_adv = nonsat_loss(nets.D(x_fake, y_trg), 1.0)
-        loss_sty = l1(nets.E(x_fake, y_trg), s_trg)
+        loss_adv = nonsat_loss(nets.D_single(x_fake, y_trg), 1.0)
+        # One E pass over [fake; real] when E is trained (per-sample net: same values, and
+        # the real half needs a backward anyway); separate passes when E is frozen.
+        batch_e = cfg.fast_ops and any(p.requires_grad for p in nets.E.parameters())
+        if batch_e:
+            s_pred, s_org = nets.E(torch.cat([x_fake, x_real.to(x_fake.dtype)]),
+                                   torch.cat([y_trg, y_org])).split(x_real.size(0))
+        else:
+            s_pred = nets.E(x_fake, y_trg)
+        loss_sty = l1(s_pred, s_trg)
         with torch.no_grad():
             x_fake2 = nets.G(x_real, style(1), masks=masks)
         loss_ds = diversity_loss(x_fake, x_fake2)
         masks_fake = fan_masks(nets, x_fake)
-        s_org = nets.E(x_real, y_org)
+        if not batch_e:
+            s_org = nets.E(x_real, y_org)
         x_rec = nets.G(x_fake, s_org, masks=masks_fake)
         loss_cyc = l1(x_rec, x_real)
     loss = loss_adv + v2.lambda_sty * loss_sty - lambda_ds * loss_ds + v2.lambda_cyc * loss_cyc
@@ -162,18 +177,29 @@ def train_step(nets: V2Nets, optims: V2Optims, batch: dict[str, Tensor], cfg: Tr
     if missing:
         raise KeyError(f"v2 batch lacks {missing}; expected keys {BATCH_KEYS}")
     mf = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    x_real, x_ref, x_ref2 = (batch[k].contiguous(memory_format=mf) for k in ("x_src", "x_ref", "x_ref2"))
-    y_org, y_trg = batch["y_src"].long(), batch["y_ref"].long()
-    b, dev = x_real.size(0), x_real.device
+    dev = next(nets.G.parameters()).device            # loader batches arrive on the CPU
+    x_real, x_ref, x_ref2 = (batch[k].to(dev, non_blocking=True).contiguous(memory_format=mf)
+                             for k in ("x_src", "x_ref", "x_ref2"))
+    y_org, y_trg = (batch[k].to(dev, non_blocking=True).long() for k in ("y_src", "y_ref"))
+    b = x_real.size(0)
     z_dev = generator.device if generator is not None else dev   # a CPU generator may drive CUDA
     z_trg = torch.randn(b, cfg.v2.latent_dim, device=z_dev, generator=generator).to(dev)
     z_trg2 = torch.randn(b, cfg.v2.latent_dim, device=z_dev, generator=generator).to(dev)
     lam_ds = lambda_ds_at(step, cfg.v2.lambda_ds, cfg.v2.ds_iter)
     masks = fan_masks(nets, x_real)
     out: dict[str, Tensor] = {}
+    fakes: dict[str, Tensor] = {}
+    if cfg.fast_ops:
+        # G, F, E do not change between the two D phases: both no-grad fakes in one G pass.
+        with record_function("D_fakes"), torch.no_grad(), _autocast(cfg, dev):
+            s = torch.cat([nets.F(z_trg, y_trg), nets.E(x_ref, y_trg)])
+            m2 = None if masks is None else tuple(torch.cat([m, m]) for m in masks)
+            fakes = dict(zip(("latent", "ref"), nets.G(torch.cat([x_real, x_real]), s, masks=m2).split(b)))
 
     with _trainable_only(nets, ("D",)):
         for phase, kw in (("latent", {"z_trg": z_trg}), ("ref", {"x_ref": x_ref})):
+            if phase in fakes:
+                kw = {"x_fake": fakes[phase]}
             with record_function(f"D_{phase}"):
                 loss, terms = d_phase(nets, cfg, x_real, y_org, y_trg, masks=masks, **kw)
                 _optimize(step, f"D/{phase}", loss, terms, [nets.D], [optims.D], optims, sync_grads)

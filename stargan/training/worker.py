@@ -86,6 +86,8 @@ def run_worker(cfg: Config, ctx: WorkerContext, hooks: Hooks, logger=None) -> Lo
         check_compatible(state, cfg.to_dict())
         trainer.load(state)
         start = state.step
+        if ctx.rank == 0:
+            print(f"[stargan] resuming from the checkpoint at step {start}", flush=True)
     if ctx.rank == 0:
         _truncate_log(ctx.log_path, start)
 

@@ -1,0 +1,135 @@
+"""Synthetic ground truth: each translation against the true counterfactual of its input.
+
+The synthetic sets store every image's render parameters, so "this face, with the target's
+labels" can be rendered exactly (same identity, pose, background), warped with the image's own
+alignment matrix and resized like the input. Reported per target and as means:
+
+- ``l1`` (pixels in [0, 1]), ``psnr`` (dB), ``ssim`` of G's output vs the counterfactual;
+- ``identity_l1`` / ``identity_psnr`` / ``identity_ssim``: the same for the input itself (doing
+  nothing), so ``l1_gain = identity_l1 - l1`` > 0 means the model moved towards the truth;
+- ``<dataset>/render_floor_l1``: the unchanged parameters rendered vs the stored input (JPEG
+  and resampling noise): no model can score below it.
+
+v1 targets: the image's own dataset, plus other datasets' classes when the renderer draws
+them (CelebA-like faces with RaFD expressions). RaFD-like -> CelebA targets are skipped: G gets
+zeros for the attributes an RaFD image has no labels for, so the target is not one face.
+v2: one latent- and one reference-guided output per source image and task.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+from stargan.evaluation.errors import MetricUnavailable
+from stargan.evaluation.image_metrics import all_metrics
+from stargan.evaluation.metric_accuracy import target_key
+from stargan.evaluation.metrics import MetricResult, register_metric
+from stargan.evaluation.tasks import (EvalContext, ground_truth, v1_translations, v2_dataset, v2_domain_labels,
+                                      v2_tasks, v2_translations)
+
+FLOOR_LIMIT = 0.08          # mean L1 in [0, 1] above which the renderer does not match the data
+
+
+class _Sums:
+    def __init__(self):
+        self.sums = defaultdict(float)
+        self.n = defaultdict(int)
+
+    def add(self, key: str, pred: torch.Tensor, ident: torch.Tensor, gt: torch.Tensor) -> None:
+        for prefix, img in (("", pred), ("identity_", ident)):
+            for m, v in all_metrics(img, gt).items():
+                self.sums[(key, prefix + m)] += float(v.double().sum())
+        self.n[key] += gt.size(0)
+
+    def write(self, res: MetricResult, table: str) -> None:
+        groups = defaultdict(lambda: defaultdict(list))
+        for key in self.n:
+            row = {"source": key.split("/")[0], "target": key.split("/")[-1], "images": self.n[key]}
+            for (k, m), s in self.sums.items():
+                if k == key:
+                    row[m] = res.results[f"{key}/{m}"] = s / self.n[key]
+            res.results[f"{key}/l1_gain"] = row["l1_gain"] = row["identity_l1"] - row["l1"]
+            res.tables.setdefault(table, []).append(row)
+            for m in ("l1", "psnr", "ssim", "identity_l1", "identity_psnr", "identity_ssim", "l1_gain"):
+                groups[key.split("/")[0]][m].append(row[m])
+                groups[""][m].append(row[m])
+        for g, ms in groups.items():
+            for m, vals in ms.items():
+                res.results[f"{g}/{m}" if g else m] = sum(vals) / len(vals)
+
+
+def _floor(ctx: EvalContext, gt, ds: str, batch: dict) -> float:
+    floor = all_metrics(gt.batch(batch, None, None, ctx.device), batch["image"])["l1"].mean().item()
+    if floor > FLOOR_LIMIT:
+        raise MetricUnavailable(f"rendering the stored parameters of '{ds}' test images does not reproduce them "
+                                f"(L1 {floor:.3f} > {FLOOR_LIMIT}): the data was made with other settings",
+                                "evaluate with the params.yaml the data was built with (synthetic.image_size, "
+                                "align.image_size)")
+    return floor
+
+
+def _v1(ctx: EvalContext) -> MetricResult:
+    res, sums, skipped = MetricResult("counterfactual"), _Sums(), {}
+    layout = ctx.model.layout
+    for ds in ctx.datasets():
+        try:
+            gt = ground_truth(ctx, ds)
+        except MetricUnavailable as e:
+            skipped[ds] = e.reason
+            continue
+        floors = []
+        for batch, outs in v1_translations(ctx, ds):
+            if not all(batch["extra"]):
+                raise MetricUnavailable(f"'{ds}' test images carry no render parameters", "re-run `dvc repro shard`")
+            floors.append(_floor(ctx, gt, ds, batch))
+            for t, fake in outs:
+                names = list(layout.datasets[t.dataset_idx].label_names)
+                if not t.own and layout.datasets[t.dataset_idx].kind != "onehot":
+                    skipped[f"{ds}_to_{t.dataset}"] = ("G gets zeros for the attributes this image has no labels "
+                                                      "for, so the target is not one face")
+                    continue
+                try:
+                    truth = gt.batch(batch, names, t.labels, ctx.device)
+                except ValueError as e:        # labels the renderer does not draw
+                    skipped[target_key(ds, t)] = str(e)
+                    continue
+                sums.add(target_key(ds, t), fake, batch["image"], truth)
+        if floors:
+            res.results[f"{ds}/render_floor_l1"] = sum(floors) / len(floors)
+    if not sums.n:
+        raise MetricUnavailable("no synthetic test images with render parameters: " + "; ".join(
+            f"{k}: {v}" for k, v in skipped.items()), "use synthetic datasets for the ground-truth metric")
+    sums.write(res, "eval_counterfactual")
+    res.meta = {"skipped": skipped, "l1_scale": "pixels in [0, 1]", "ssim": "Gaussian 11x11, sigma 1.5"}
+    return res
+
+
+def _v2(ctx: EvalContext) -> MetricResult:
+    ds = v2_dataset(ctx)
+    gt = ground_truth(ctx, ds)
+    names = ctx.model.domains.names
+    label_names = list(ctx.manifest(ds)["label_names"])
+    res, sums = MetricResult("counterfactual"), _Sums()
+    floors = []
+    for mode in ("latent", "reference"):
+        for src, trg in v2_tasks(ctx):
+            lnames, values = v2_domain_labels(ctx.model, label_names, trg)
+            for batch, outs in v2_translations(ctx, src, trg, mode, num_outs=1):
+                if mode == "latent":
+                    floors.append(_floor(ctx, gt, ds, batch))
+                labels = torch.tensor([values] * batch["image"].size(0), dtype=torch.float32)
+                truth = gt.batch(batch, lnames, labels, ctx.device)
+                sums.add(f"{mode}/{names[src]}_to_{names[trg]}", outs[0], batch["image"], truth)
+    if not sums.n:
+        raise MetricUnavailable(f"no test images in any v2 domain of '{ds}'", "check train.v2.domains")
+    sums.write(res, "eval_counterfactual")
+    res.results[f"{ds}/render_floor_l1"] = sum(floors) / max(len(floors), 1)
+    res.meta = {"l1_scale": "pixels in [0, 1]", "outputs_per_source": 1}
+    return res
+
+
+@register_metric("counterfactual", quick=True)
+def counterfactual_error(ctx: EvalContext) -> MetricResult:
+    """L1/PSNR/SSIM of translations vs the true synthetic counterfactual (and of the input)."""
+    return _v1(ctx) if ctx.kind == "v1" else _v2(ctx)

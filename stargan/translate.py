@@ -1,0 +1,221 @@
+"""Translate photos with a trained model: the library behind ``stargan translate`` and the pyfunc.
+
+A model comes from a checkpoint (``models/train/checkpoint.pt`` or its folder), an exported
+folder (``models/export``: the TorchScript graphs + ``model.json``) or the MLflow registry
+(``models:/stargan@champion``); all three give the same :class:`~stargan.inference.V1Model` /
+:class:`~stargan.inference.V2Model` interface. Images go through the project's one decode path
+(:func:`stargan.data.imageio.decode_image`) and its face alignment
+(:func:`stargan.data.align.align_face`: the Haar detector, since a user's photo has no
+landmarks) with the geometry the model was trained with (``align.face_fraction``), unless the
+input is an already aligned crop (``align=False``: centre square crop + resize).
+
+Targets are names, never indices:
+- v1: a target is one label name or a comma-separated combination switched on together
+  (``Blond_Hair,Male``); a jointly trained model also accepts ``dataset/label`` names.
+  Hair colours and one-hot classes are exclusive (the official test-time labels).
+- v2: a target is one domain name; the style comes from a seed (latent-guided: z ~ N(0, I)
+  drawn from ``torch.Generator().manual_seed(seed)``) or from a reference image.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from stargan.inference import Model, V1Model, V2Model, v1_targets_from_names
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+
+
+class TranslateError(ValueError):
+    """Bad input for a translation (no face, unknown domain, wrong model kind, unreadable image)."""
+
+
+# --------------------------------------------------------------------------------- models
+
+def load_any(spec: str | Path, tracking_uri: str | None = None) -> Model:
+    """``models:/<name>@<alias>`` / ``models:/<name>/<version>``, an exported folder, or a checkpoint."""
+    spec = str(spec)
+    if spec.startswith(("models:/", "runs:/")):
+        from stargan.registry import RegistryError, load_registered
+
+        try:
+            return load_registered(spec, tracking_uri)
+        except RegistryError as e:
+            raise TranslateError(str(e)) from None
+    path = Path(spec)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such model (give a checkpoint.pt, its folder, an exported folder "
+                                "such as models/export, or models:/<name>@<alias>)")
+    from stargan.export import MODEL_JSON, load_exported
+
+    if path.is_dir() and (path / MODEL_JSON).exists():
+        return load_exported(path)
+    from stargan.inference import load_model
+
+    return load_model(path)
+
+
+# --------------------------------------------------------------------------------- images
+
+def to_tensor(rgb: np.ndarray) -> Tensor:
+    """uint8 (H, W, 3) -> float32 [1, 3, H, W] in [-1, 1] (the training normalisation)."""
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float().div(127.5).sub(1.0)
+
+
+def list_inputs(path: str | Path) -> list[Path]:
+    """One image file, or every image file (by suffix) directly inside a folder, sorted."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise TranslateError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+        return files
+    if not path.exists():
+        raise TranslateError(f"{path}: no such file or folder")
+    return [path]
+
+
+def prepare(path: str | Path, model: Model, *, align: bool = True) -> tuple[np.ndarray, Tensor]:
+    """Decode and align one image file -> (aligned uint8 RGB, model input [1,3,S,S])."""
+    from stargan.data.align import AlignRejected, align_face
+    from stargan.data.imageio import ImageDecodeError, decode_image
+
+    try:
+        rgb = decode_image(path)
+    except ImageDecodeError as e:
+        raise TranslateError(f"unreadable image: {e}") from None
+    a = model.config.align
+    try:
+        if align:
+            face = align_face(rgb, model.image_size, face_fraction=a.face_fraction, min_face=a.min_face)
+        else:
+            face = align_face(rgb, model.image_size, crop=0)
+    except AlignRejected as e:
+        hint = " (pass --no-align if the image is already an aligned face crop)" if align else ""
+        raise TranslateError(f"{path}: {e.reason}{hint}") from None
+    return face.image, to_tensor(face.image)
+
+
+# -------------------------------------------------------------------------------- targets
+
+def split_targets(texts: Sequence[str], model: Model) -> list[str]:
+    """CLI ``--target`` values -> one entry per output. v1 keeps a comma list as one combined
+    target; v2 makes one output per comma-separated domain."""
+    out: list[str] = []
+    for t in texts:
+        t = t.strip()
+        if not t:
+            continue
+        out.extend([p.strip() for p in t.split(",") if p.strip()] if model.kind == "v2" else [t])
+    if not out:
+        raise TranslateError(f"no target given; this model knows: {', '.join(model.target_names())}")
+    return out
+
+
+def v1_label(model: V1Model, target: str) -> Tensor:
+    names = [n.strip() for n in target.split(",") if n.strip()]
+    try:
+        return v1_targets_from_names(model, names)
+    except ValueError as e:
+        raise TranslateError(str(e)) from None
+
+
+def domain_index(model: V2Model, name: str) -> int:
+    names = model.target_names()
+    if name not in names:
+        raise TranslateError(f"unknown domain name {name!r}; this model knows: {', '.join(names)}")
+    return names.index(name)
+
+
+def latent(seed: int, latent_dim: int) -> Tensor:
+    return torch.randn(1, latent_dim, generator=torch.Generator().manual_seed(int(seed)))
+
+
+def _need(model: Model, kind: str, what: str) -> None:
+    if model.kind != kind:
+        raise TranslateError(f"{what} needs a StarGAN {kind} model; this is a {model.kind} model "
+                             f"(targets: {', '.join(model.target_names())})")
+
+
+# ------------------------------------------------------------------------------ translate
+
+@torch.no_grad()
+def translate_v1(model: Model, x: Tensor, targets: Sequence[str]) -> Tensor:
+    """Row i of ``x`` [N,3,S,S] to ``targets[i]`` (label names, comma-combined)."""
+    _need(model, "v1", "a label target")
+    c = torch.cat([v1_label(model, t) for t in targets])
+    return model.translate(x, c)
+
+
+@torch.no_grad()
+def translate_latent(model: Model, x: Tensor, targets: Sequence[str], seeds: Sequence[int]) -> Tensor:
+    _need(model, "v2", "--seed (latent-guided)")
+    y = torch.tensor([domain_index(model, t) for t in targets], dtype=torch.int64)
+    z = torch.cat([latent(s, model.latent_dim) for s in seeds])
+    return model.translate_latent(x, y, z)
+
+
+@torch.no_grad()
+def translate_reference(model: Model, x: Tensor, refs: Tensor, targets: Sequence[str]) -> Tensor:
+    _need(model, "v2", "--reference (reference-guided)")
+    y = torch.tensor([domain_index(model, t) for t in targets], dtype=torch.int64)
+    return model.translate_reference(x, refs, y)
+
+
+@dataclass
+class Translated:
+    input: Path
+    outputs: list[Path]
+    grid: Path
+    method: str
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "+", text).strip("+")
+
+
+def translate_files(model: Model, inputs: Sequence[Path], targets: Sequence[str], out_dir: str | Path, *,
+                    align: bool = True, seed: int | None = None, reference: str | Path | None = None
+                    ) -> list[Translated]:
+    """Translate every input image to every target; writes ``<stem>_<target>.png`` and
+    ``<stem>_grid.png`` (aligned input | outputs) into ``out_dir``."""
+    from stargan.visualize import grid, save_png
+
+    if model.kind == "v1" and (seed is not None or reference is not None):
+        _need(model, "v2", "--reference" if reference is not None else "--seed")
+    if seed is not None and reference is not None:
+        raise TranslateError("give either --seed (latent-guided) or --reference (reference-guided), not both")
+    targets = split_targets(targets, model)
+    # Check the names before any image work, so a typo fails fast and names the choices.
+    for t in targets:
+        v1_label(model, t) if model.kind == "v1" else domain_index(model, t)
+    ref_x = prepare(reference, model, align=align)[1] if reference is not None else None
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done = []
+    for path in inputs:
+        _, x = prepare(path, model, align=align)
+        xs = x.expand(len(targets), -1, -1, -1)
+        if model.kind == "v1":
+            y, method = translate_v1(model, xs, targets), "label"
+        elif ref_x is not None:
+            y = translate_reference(model, xs, ref_x.expand(len(targets), -1, -1, -1), targets)
+            method = f"reference:{Path(reference).name}"
+        else:
+            s = 0 if seed is None else seed
+            y, method = translate_latent(model, xs, targets, [s] * len(targets)), f"seed:{s}"
+        outs = []
+        for t, img in zip(targets, y):
+            p = out_dir / f"{path.stem}_{_slug(t)}.png"
+            save_png(p, grid([img[None].clamp(-1, 1)], pad=0))
+            outs.append(p)
+        row = torch.cat([x, y.clamp(-1, 1)])
+        g = save_png(out_dir / f"{path.stem}_grid.png", grid([row]))
+        done.append(Translated(path, outs, g, method))
+    return done

@@ -1,0 +1,410 @@
+"""Ray Tune search over the loss weights: λ_cls, λ_rec (v1) or λ_sty, λ_ds (v2).
+
+Optuna proposes the λs (``OptunaSearch``, seeded by ``train.seed``), ASHA stops poor trials
+early. A trial trains with the project's worker loop (:func:`stargan.training.worker.run_worker`)
+for ``tune.iters_per_trial`` steps and, at each of its ``tune.reports_per_trial`` checkpoints,
+scores the model on the validation split with the evaluation code's quick objective
+(``tune.objective``, ``tune.mode``); those reports are ASHA's rungs.
+
+Two ways to run a trial, same loop, same objective:
+
+* ``tune.use_ray_train: false`` (default): a function trainable runs the loop in the trial's own
+  process (one CPU). Measured on the 2-core box: Ray Train's controller and worker-group
+  start-up is ~15 s per run (TOOLCHAIN §3), more than a whole default trial, so the default
+  ``dvc repro`` uses this.
+* ``tune.use_ray_train: true``: each trial drives a Ray Train ``TorchTrainer`` (``train.ray``
+  workers, GPUs, DDP-style gradient averaging) with ``TuneReportCallback`` — Tune over Train,
+  for clusters. The dashboard stays on (a placement group leaks without it, TOOLCHAIN §3).
+
+MLflow: the sweep is a parent run; every trial is a child run (tag ``mlflow.parentRunId``) with
+its λs as params and its reported metrics per training step. Only the driver writes to MLflow
+(after each trial's results come back), so the SQLite store has one writer and a multi-node
+cluster needs no access to it from the workers.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from stargan.config import Config, config_from_dict
+
+#: searched λ -> where it lives in params, per model
+SEARCH = {"v1": {"lambda_cls": "train.v1.lambda_cls", "lambda_rec": "train.v1.lambda_rec"},
+          "v2": {"lambda_sty": "train.v2.lambda_sty", "lambda_ds": "train.v2.lambda_ds"}}
+WORST = 1e9
+
+
+class TuneError(RuntimeError):
+    """The sweep could not run or produced no usable trial; the message says why."""
+
+
+# ------------------------------------------------------------------------------ objective
+
+def quick_objective(model, cfg: Config, repo_root: Path, max_images: int) -> dict[str, float]:
+    """The evaluation package's quick objective (counterfactual error + target accuracy on val);
+    :func:`counterfactual_l1` while that package does not provide one."""
+    try:
+        from stargan.evaluation import quick_objective as evaluate
+    except ImportError:
+        evaluate = None
+    if evaluate is not None:
+        return {k: float(v) for k, v in evaluate(model, cfg, repo_root, max_images).items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    value = counterfactual_l1(model, cfg, repo_root, max_images)
+    return {"counterfactual_l1": value, "objective": value}
+
+
+def counterfactual_l1(model, cfg: Config, repo_root: Path, max_images: int) -> float:
+    """Mean L1 (in [-1, 1] units) between translations and the synthetic ground-truth
+    counterfactuals, over every test-time target, on the val split (else test) of the first
+    synthetic training dataset."""
+    import cv2
+
+    from stargan.data.align import warp
+    from stargan.data.loader import iter_split
+    from stargan.data.shards import read_manifest
+    from stargan.data.synthetic import counterfactual, render
+    from stargan.translate import latent
+
+    shard_root = repo_root / cfg.data.root / "shards"
+    size, canvas = cfg.train.image_size, cfg.synthetic.image_size
+    for di, name in enumerate(cfg.train.datasets):
+        d = shard_root / name
+        manifest = read_manifest(d)
+        split = "val" if manifest["counts"].get("val", {}).get("total") else "test"
+        errs: list[float] = []
+        seen = 0
+        for batch in iter_split(d, split, 16, size):
+            if not batch["extra"][0]:
+                break       # real data: no ground truth
+            n = min(len(batch["key"]), max_images - seen)
+            x, labels = batch["image"][:n], batch["label"][:n]
+            for names, target, y in _targets(model, di, labels, manifest["label_names"]):
+                out = _translate(model, x, target, y, latent)
+                for i in range(n):
+                    p = counterfactual(batch["extra"][i], names, target[i].tolist())
+                    truth = warp(render(p, canvas)[0], batch["matrix"][i].double().numpy(), cfg.align.image_size)
+                    if truth.shape[0] != size:
+                        truth = cv2.resize(truth, (size, size), interpolation=cv2.INTER_AREA)
+                    t = torch.from_numpy(truth).permute(2, 0, 1).float() / 127.5 - 1
+                    errs.append(float((out[i].clamp(-1, 1) - t).abs().mean()))
+            seen += n
+            if seen >= max_images:
+                break
+        if errs:
+            return float(np.mean(errs))
+    raise TuneError("the fallback objective needs a synthetic dataset (ground-truth counterfactuals); "
+                    "for real data install the evaluation package's quick_objective")
+
+
+def _targets(model, di: int, labels: torch.Tensor, label_names: list[str]):
+    """(label names, dataset-space targets [n, L], model-side target) per test-time target."""
+    if model.kind == "v1":
+        for _, t in model.layout.test_targets(di, labels):
+            yield label_names, t, model.layout.to_model_label(di, t)
+        return
+    dom = model.domains
+    for k in range(dom.num_domains):
+        t = labels.clone()
+        cols = dom.columns
+        if dom.binary:
+            t[:, cols[0]] = float(k)
+        elif dom.label_kind == "onehot":
+            t.zero_()
+            t[:, cols[k]] = 1.0
+        else:
+            t[:, cols] = 0.0
+            t[:, cols[k]] = 1.0
+        yield label_names, t, torch.full((labels.size(0),), k, dtype=torch.int64)
+
+
+def _translate(model, x, target, y, latent) -> torch.Tensor:
+    with torch.no_grad():
+        if model.kind == "v1":
+            return model.translate(x, y)
+        z = torch.cat([latent(i, model.latent_dim) for i in range(x.size(0))])
+        return model.translate_latent(x, y, z)
+
+
+# --------------------------------------------------------------------------------- trials
+
+def search_space(cfg: Config) -> dict[str, Any]:
+    from ray import tune
+
+    space = {}
+    for name in SEARCH[cfg.train.model]:
+        lo, hi = getattr(cfg.tune, name)
+        space[name] = (tune.loguniform(lo, hi) if 0 < lo < hi else tune.uniform(lo, hi)) if lo < hi else lo
+    return space
+
+
+def trial_config(params: dict, lambdas: dict[str, float], tune_cfg: dict) -> Config:
+    """The training config of one trial: the λs, ``iters_per_trial`` steps, a checkpoint per report."""
+    iters = int(tune_cfg["iters_per_trial"])
+    every = max(1, math.ceil(iters / int(tune_cfg["reports_per_trial"])))
+    model = params["train"]["model"]
+    over = [f"{SEARCH[model][k]}={float(v)!r}" for k, v in lambdas.items()]
+    over += [f"train.num_iters={iters}", f"train.checkpoint_every={every}",
+             f"train.log_every={min(every, int(params['train']['log_every']))}",
+             f"train.sample_every={iters + 1}"]
+    return config_from_dict(params, over)
+
+
+class _TrialHooks:
+    """Worker-loop hooks: no resume; at each checkpoint score the model and report it."""
+
+    def __init__(self, cfg: Config, repo_root: Path, report: Callable[[dict], None], rank: int = 0):
+        self.cfg, self.root, self._report, self.rank = cfg, repo_root, report, rank
+
+    def resume(self):
+        return None
+
+    def report(self, metrics: dict[str, float], state) -> None:
+        t = self.cfg.tune
+        out = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        if state is None or metrics.get("nonfinite"):
+            out["objective"] = WORST if t.mode == "min" else -WORST
+        elif self.rank == 0:
+            from stargan.inference import model_from_state
+
+            scores = quick_objective(model_from_state(state), self.cfg, self.root, t.val_images)
+            if t.objective not in scores:
+                raise TuneError(f"tune.objective {t.objective!r} is not among the objective's keys: "
+                                f"{', '.join(sorted(scores))}")
+            out.update({f"val/{k}": v for k, v in scores.items()})
+            value = scores[t.objective]
+            out["objective"] = value if math.isfinite(value) else (WORST if t.mode == "min" else -WORST)
+        self._report(out)
+
+
+def _function_trial(config: dict) -> None:
+    """Function trainable: the worker loop in this process."""
+    from ray import tune
+
+    from stargan.training.worker import WorkerContext, run_worker
+
+    torch.set_num_threads(1)
+    cfg = trial_config(config["params"], config["lambdas"], config["tune"])
+    root = Path(config["repo_root"])
+    ctx = WorkerContext(rank=0, world_size=1, device=torch.device("cpu"),
+                        shard_root=(root / cfg.data.root / "shards").resolve())
+    run_worker(cfg, ctx, _TrialHooks(cfg, root, tune.report))
+
+
+def _train_worker(config: dict) -> None:
+    """Ray Train ``train_loop_per_worker`` of a Tune-over-Train trial."""
+    import ray.train
+    import ray.train.torch
+
+    from stargan.training.worker import WorkerContext, run_worker
+
+    tctx = ray.train.get_context()
+    rank = tctx.get_world_rank()
+    cfg = trial_config(config["params"], config["lambdas"], config["tune"])
+    root = Path(config["repo_root"])
+    ctx = WorkerContext(rank=rank, world_size=tctx.get_world_size(), device=ray.train.torch.get_device(),
+                        shard_root=(root / cfg.data.root / "shards").resolve())
+    run_worker(cfg, ctx, _TrialHooks(cfg, root, ray.train.report, rank))
+
+
+def _train_driver(config: dict) -> None:
+    """Tune trainable that runs one Ray Train ``TorchTrainer`` (Tune over Train, TOOLCHAIN §3)."""
+    import ray.train
+    from ray import tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    r = config["ray"]
+    resources = {"CPU": r["cpus_per_worker"]} | ({"GPU": 1} if r["use_gpu"] else {})
+    TorchTrainer(_train_worker, train_loop_config=config,
+                 scaling_config=ray.train.ScalingConfig(num_workers=r["num_workers"], use_gpu=r["use_gpu"],
+                                                        resources_per_worker=resources),
+                 run_config=ray.train.RunConfig(name=f"train-{tune.get_context().get_trial_id()}",
+                                                storage_path=config["storage"],
+                                                callbacks=[TuneReportCallback()])).fit()
+
+
+def _trainable(config: dict, base: dict) -> None:
+    """Tune calls this with the sampled λs as ``config`` (``base``: the rest, via the object store)."""
+    model = base["params"]["train"]["model"]
+    inner = dict(base, lambdas={k: config[k] for k in SEARCH[model] if k in config})
+    (_train_driver if base["tune"]["use_ray_train"] else _function_trial)(inner)
+
+
+# ---------------------------------------------------------------------------------- sweep
+
+def _history_callback():
+    """A Tune callback (runs in the driver) keeping every reported result per trial: the trial
+    table and the MLflow child runs are built from it (the CSV/JSON loggers may be disabled)."""
+    from ray import tune
+
+    class History(tune.Callback):
+        def __init__(self):
+            self.rows: dict[str, list[dict]] = {}
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            self.rows.setdefault(trial.trial_id, []).append(
+                {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+
+    return History()
+
+
+def _init_ray(cfg: Config) -> bool:
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = cfg.train.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        # Logical over-subscription (TOOLCHAIN §3); the dashboard is needed when Tune drives Train.
+        ray.init(num_cpus=cfg.tune.cpus, include_dashboard=cfg.tune.use_ray_train, log_to_driver=True)
+    return True
+
+
+def run_sweep(cfg: Config, repo_root: Path, *, name: str | None = None) -> dict:
+    """Run the sweep; returns the content of ``best.json`` (best λs, overrides, trial table)."""
+    import ray
+    from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    repo_root = repo_root.resolve()
+    t, model = cfg.tune, cfg.train.model
+    if not t.enabled:
+        return {"enabled": False, "model": model, "best": {}, "overrides": {}, "trials": []}
+    for ds in cfg.train.datasets:
+        if not (repo_root / cfg.data.root / "shards" / ds / "manifest.json").exists():
+            raise TuneError(f"{cfg.data.root}/shards/{ds}/manifest.json: missing; build the shards first "
+                            "(`dvc repro shard`)")
+    name = name or f"tune-{model}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    storage = Path(cfg.train.ray.storage_path or repo_root / "ray_results").resolve()
+    r = cfg.train.ray
+    base = {"params": cfg.to_dict(), "repo_root": str(repo_root), "storage": str(storage),
+            "tune": {k: getattr(t, k) for k in ("iters_per_trial", "reports_per_trial", "use_ray_train")},
+            "ray": {"num_workers": r.num_workers, "use_gpu": r.use_gpu, "cpus_per_worker": r.cpus_per_worker}}
+    space = search_space(cfg)
+    trainable = tune.with_resources(tune.with_parameters(_trainable, base=base),
+                                    {"cpu": 1} if not t.use_ray_train else {"cpu": 0.5})
+    history = _history_callback()
+    t0 = time.perf_counter()
+    started = _init_ray(cfg)
+    try:
+        tuner = tune.Tuner(
+            trainable, param_space=space,
+            tune_config=tune.TuneConfig(
+                metric="objective", mode=t.mode, num_samples=t.num_samples, max_concurrent_trials=t.max_concurrent,
+                search_alg=OptunaSearch(seed=cfg.train.seed),
+                scheduler=ASHAScheduler(time_attr="training_iteration", max_t=t.reports_per_trial,
+                                        grace_period=min(t.grace_period, t.reports_per_trial),
+                                        reduction_factor=t.reduction_factor),
+                trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"),
+            run_config=tune.RunConfig(name=name, storage_path=str(storage),
+                                      callbacks=[history, CSVLoggerCallback(), JsonLoggerCallback()]))
+        grid = tuner.fit()
+    finally:
+        if started:
+            ray.shutdown()
+    seconds = time.perf_counter() - t0
+    trials = _trial_table(grid, history.rows, list(SEARCH[model]), t.reports_per_trial, t.mode)
+    ok = [tr for tr in trials if tr["objective"] is not None and tr["error"] is None and abs(tr["objective"]) < WORST]
+    if not ok:
+        errors = "; ".join(f"{tr['trial_id']}: {tr['error']}" for tr in trials if tr["error"])[:1500]
+        raise TuneError(f"no trial of sweep {name} produced a usable objective" + (f" ({errors})" if errors else ""))
+    # Trials ASHA stopped early were scored after fewer steps; rank the ones that ran to the end.
+    finished = [tr for tr in ok if not tr["stopped_early"]] or ok
+    best = (min if t.mode == "min" else max)(finished, key=lambda tr: tr["objective"])
+    result = {"enabled": True, "model": model, "name": name, "objective": t.objective, "mode": t.mode,
+              "best": best["lambdas"], "best_value": best["objective"], "best_trial": best["trial_id"],
+              "overrides": {SEARCH[model][k]: v for k, v in best["lambdas"].items()},
+              "ranges": {k: getattr(t, k) for k in SEARCH[model]}, "trials": trials,
+              "seconds": round(seconds, 1), "storage": str(storage / name),
+              "trainable": "ray_train" if t.use_ray_train else "function"}
+    result["mlflow_parent_run_id"] = _log_to_mlflow(cfg, repo_root, result, history.rows)
+    return result
+
+
+def _trial_table(grid, history: dict[str, list[dict]], keys: list[str], max_t: int, mode: str) -> list[dict]:
+    rows = []
+    for res in grid:
+        cfg = res.config or {}
+        m = res.metrics or {}
+        obj = m.get("objective")
+        trial_id = m.get("trial_id") or Path(res.path).name
+        hist = [float(r["objective"]) for r in history.get(trial_id, []) if "objective" in r]
+        rows.append({"trial_id": trial_id,
+                     "lambdas": {k: float(cfg[k]) for k in keys if k in cfg},
+                     "objective": None if obj is None else float(obj),
+                     "best_objective": (min(hist) if mode == "min" else max(hist)) if hist else None,
+                     "reports": int(m.get("training_iteration", 0) or 0),
+                     "stopped_early": int(m.get("training_iteration", 0) or 0) < max_t,
+                     "step": int(m.get("step", 0) or 0),
+                     "error": None if res.error is None else str(res.error).splitlines()[0][:300]})
+    rows.sort(key=lambda r: r["trial_id"])
+    return rows
+
+
+def _log_to_mlflow(cfg: Config, repo_root: Path, result: dict, history: dict[str, list[dict]]) -> str:
+    """Parent run for the sweep, one nested child run per trial (driver-side, one writer)."""
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    from stargan.tracking import ensure_experiment, resolve_artifact_root, resolve_tracking_uri, start_run
+
+    uri = resolve_tracking_uri(cfg.train.mlflow.tracking_uri, repo_root)
+    exp = ensure_experiment(uri, cfg.train.mlflow.experiment,
+                            resolve_artifact_root(cfg.train.mlflow.artifact_root, repo_root))
+    client = MlflowClient(uri)
+    parent = start_run(uri, exp, result["name"], {"tune": cfg.to_dict()["tune"], "model": cfg.train.model},
+                       tags={"stargan.kind": "sweep", "stargan.model": cfg.train.model})
+    for tr in result["trials"]:
+        child = client.create_run(exp, run_name=f"{result['name']}/{tr['trial_id']}",
+                                  tags={"mlflow.parentRunId": parent, "stargan.kind": "trial",
+                                        "stargan.trial_id": tr["trial_id"],
+                                        "stargan.stopped_early": str(tr["stopped_early"]).lower()}).info.run_id
+        params = [Param(k, repr(v)) for k, v in tr["lambdas"].items()]
+        params += [Param("iters_per_trial", str(cfg.tune.iters_per_trial))]
+        ts = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), ts, int(row.get("step", row.get("training_iteration", 0))))
+                   for row in history.get(tr["trial_id"], []) for k, v in row.items()
+                   if (k == "objective" or k.startswith(("val/", "D/", "G/"))) and math.isfinite(float(v))]
+        for i in range(0, max(len(metrics), 1), 1000):
+            client.log_batch(child, metrics=metrics[i:i + 1000], params=params if i == 0 else [])
+        client.set_terminated(child, "FAILED" if tr["error"] else "FINISHED")
+    client.log_batch(parent, metrics=[Metric("best/objective", float(result["best_value"]), int(time.time() * 1000), 0)],
+                     params=[Param(f"best.{k}", repr(v)) for k, v in result["best"].items()])
+    client.set_terminated(parent, "FINISHED")
+    return parent
+
+
+# ------------------------------------------------------------------------------ consumers
+
+def apply_best(cfg: Config, best_json: Path) -> tuple[Config, dict[str, float]]:
+    """The train stage's view: ``cfg`` with the sweep's best λs (when tune.enabled and present)."""
+    if not cfg.tune.enabled or not Path(best_json).exists():
+        return cfg, {}
+    best = json.loads(Path(best_json).read_text())
+    if not best.get("enabled") or best.get("model") != cfg.train.model:
+        return cfg, {}
+    overrides = {k: float(v) for k, v in best.get("overrides", {}).items()}
+    return config_from_dict(cfg.to_dict(), [f"{k}={v!r}" for k, v in overrides.items()]), overrides
+
+
+def metrics_summary(best: dict) -> dict:
+    """``metrics/tune.json``: flat numbers for ``dvc metrics show`` / ``dvc exp show``."""
+    if not best.get("enabled"):
+        return {"enabled": 0}
+    out = {"best_objective": best["best_value"], "trials": len(best["trials"]),
+           "stopped_early": sum(tr["stopped_early"] for tr in best["trials"]), "seconds": best["seconds"]}
+    out.update({f"best_{k}": v for k, v in best["best"].items()})
+    return out
