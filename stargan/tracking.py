@@ -174,10 +174,6 @@ class RunLogger:
         are deterministic replays, so the points already held are the same: skip them."""
         return {k: max((m.step for m in self.client.get_metric_history(self.run_id, k)), default=-1) for k in keys}
 
-    def discard_pending(self) -> None:
-        """Drop points logged after the last checkpoint (they will be recomputed on restart)."""
-        self._pending.clear()
-
     def log_image(self, image: np.ndarray, artifact_file: str) -> None:
         if not self.run_id or not server_reachable(self.tracking_uri):
             if self.local_log is not None:        # keep the grid beside the history instead

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from stargan.config import Config
+from stargan.tracking import RunLogger
 from stargan.training.checkpoint import FILENAME, TrainState, load_state, save_state
 from stargan.training.errors import TrainingError
 from stargan.training.worker import LoopResult, WorkerContext, run_worker
@@ -26,28 +27,12 @@ class LocalHooks:
             save_state(state, self.out_dir)
 
 
-class _PrintLogger:
-    """Stands in for the MLflow logger: history to a JSON-lines file, grids to PNG files."""
-
-    def __init__(self, out_dir: Path):
-        self.out_dir = out_dir
-        self.path = out_dir / "history.jsonl"
+class _ConsoleLogger(RunLogger):
+    """The offline :class:`RunLogger` (history.jsonl, grids beside it) that also prints each line."""
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        import json
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as f:
-            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        super().log_metrics(metrics, step)
         print(f"step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())), flush=True)
-
-    def log_image(self, image, artifact_file: str) -> None:
-        from stargan.visualize import save_png
-
-        save_png(self.out_dir / artifact_file, image)
-
-    def flush(self) -> bool:
-        return True
 
 
 def fit_local(cfg: Config, repo_root: Path, device: str | None = None) -> LoopResult:
@@ -55,7 +40,7 @@ def fit_local(cfg: Config, repo_root: Path, device: str | None = None) -> LoopRe
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     ctx = WorkerContext(rank=0, world_size=1, device=dev, shard_root=(repo_root / cfg.data.root / "shards").resolve(),
                         log_path=out_dir / "history.jsonl")
-    result = run_worker(cfg, ctx, LocalHooks(out_dir), _PrintLogger(out_dir))
+    result = run_worker(cfg, ctx, LocalHooks(out_dir), _ConsoleLogger("", "", local_log=out_dir / "history.jsonl"))
     if result.status != "finished":
         raise TrainingError(result.message)
     return result

@@ -12,7 +12,7 @@ import torch
 
 from stargan.config import Config
 from stargan.data.loader import iter_split, make_loader, train_stream
-from stargan.data.shards import read_manifest
+from stargan.data.shards import read_manifest, split_entries
 from stargan.training import v1_step
 from stargan.training.checkpoint import TrainState, capture_rng, restore_rng
 from stargan.training.distributed import broadcast_module, make_sync_grads
@@ -24,12 +24,10 @@ SAMPLE_ROWS = 4     # fixed validation inputs per dataset in the sample grids
 
 def fixed_inputs(shard_dir, image_size: int, n: int) -> dict:
     """The first ``n`` held-out images (val, else test, else train) in a stable order."""
+    manifest = read_manifest(shard_dir)
     for split in ("val", "test", "train"):
-        try:
-            batch = next(iter_split(shard_dir, split, n, image_size))
-            return batch
-        except Exception:  # noqa: BLE001 - a missing split: try the next one
-            continue
+        if split_entries(manifest, split):
+            return next(iter_split(shard_dir, split, n, image_size))
     raise FileNotFoundError(f"{shard_dir}: no split to draw sample inputs from")
 
 

@@ -99,10 +99,10 @@ def run_worker(cfg: Config, ctx: WorkerContext, hooks: Hooks, logger=None) -> Lo
             scalars = trainer.train_step(step)
         except NonFiniteLossError as e:
             # Weights were not updated with the bad gradients; the last checkpoint stays the
-            # last good one. Report instead of raising so Ray does not replay the same NaN.
+            # last good one. Return instead of raising so Ray does not replay the same NaN; the
+            # caller reports it (stargan.training.ray_train._worker_entry sends the message).
             msg = (f"{e}. Training stopped at step {step}; the last good checkpoint is kept. Lower the "
                    "learning rates or λ weights, check the input data, or disable train.amp_bf16")
-            hooks.report({"step": float(step), "nonfinite": 1.0}, None)
             return LoopResult(step=step, status="nonfinite", metrics=last, message=msg)
         for k, v in scalars.items():
             window[k].append(v)
