@@ -123,6 +123,9 @@ class V1Config:
     beta1: float = knob(0.5, lo=0, hi=1)
     beta2: float = knob(0.999, lo=0, hi=1)
     num_iters_decay: int = knob(100000, lo=0, doc="last N iterations decay the LR linearly to 0")
+    ema_beta: float = knob(0.0, lo=0, hi=0.99999, doc="EMA of G's weights: 0 = off (the paper); > 0 keeps "
+                                                     "G_ema (updated after each G step), which sampling, "
+                                                     "evaluation and export then use")
 
 
 @dataclass
@@ -132,7 +135,9 @@ class V2Config:
     max_conv_dim: int = knob(512, lo=8)
     mapping_hidden: int = knob(512, lo=8)
     w_hpf: float = knob(0.0, lo=0)
-    wing_path: str | None = knob(None, doc="FAN landmark weights (wing.ckpt), needed when w_hpf>0")
+    wing_path: str | None = knob(None, doc="FAN landmark weights (official wing.ckpt), needed when w_hpf>0; "
+                                           "read on every build (never copied into checkpoints), so it must "
+                                           "stay there for resume, evaluation and inference")
     lambda_reg: float = knob(1.0, lo=0)
     lambda_sty: float = knob(1.0, lo=0)
     lambda_ds: float = knob(1.0, lo=0)

@@ -2,7 +2,11 @@
 
 One loader for everything downstream of training — evaluation, export, the MLflow pyfunc and
 `stargan translate` — so they agree on how a checkpoint maps to networks and label spaces.
-v2 models are the EMA networks (the ones the paper evaluates); v1 has no EMA.
+v2 models are the EMA networks (the ones the paper evaluates); v1 has no EMA. A v2 model trained
+with ``w_hpf > 0`` also needs the FAN landmark weights, which checkpoints do not carry: they are
+read from the ``train.v2.wing_path`` recorded in the checkpoint's config (or the ``wing_path``
+given to :func:`load_model`), and the FAN is folded into ``V2Model.G`` (:class:`MaskedGenerator`)
+so every consumer of ``G(x, s)`` (translation, evaluation, export) gets the masks.
 """
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from stargan.config import Config, config_from_dict
 from stargan.data.domains import DomainMap, resolve_domains
@@ -41,9 +45,24 @@ class V1Model:
         return self.G(x, c.to(x.device, x.dtype))
 
 
+class MaskedGenerator(nn.Module):
+    """``G(x, s)`` with the FAN masks of ``x``: a ``w_hpf > 0`` generator as inference sees it.
+
+    Such a generator was trained with its high-pass skips fed by the masks; called without them it
+    runs but drops the source detail the skips carry. Wrapping it keeps the plain ``G(x, s)``
+    signature, so code written for ``w_hpf == 0`` models needs no second path."""
+
+    def __init__(self, G: nn.Module, fan: nn.Module):
+        super().__init__()
+        self.G, self.fan = G, fan
+
+    def forward(self, x: Tensor, s: Tensor) -> Tensor:
+        return self.G(x, s, masks=self.fan.get_heatmap(x))
+
+
 @dataclass
 class V2Model:
-    G: torch.nn.Module          # EMA generator
+    G: torch.nn.Module          # EMA generator (a MaskedGenerator when w_hpf > 0)
     F: torch.nn.Module          # EMA mapping network
     E: torch.nn.Module          # EMA style encoder
     domains: DomainMap
@@ -74,7 +93,27 @@ class V2Model:
 Model = V1Model | V2Model
 
 
-def model_from_state(state: TrainState, device: str | torch.device = "cpu") -> Model:
+def _use_wing_path(cfg: Config, wing_path: str | Path | None) -> None:
+    """Point ``cfg`` at the FAN weights a ``w_hpf > 0`` checkpoint needs, or say plainly why not."""
+    v2 = cfg.train.v2
+    if v2.w_hpf <= 0:
+        return
+    path = str(wing_path) if wing_path is not None else v2.wing_path
+    if not path or not Path(path).is_file():
+        from stargan.models.fan import WING_URL
+
+        where = f"{path!r}, which does not exist here" if path else "no file (train.v2.wing_path is empty)"
+        raise CheckpointError(
+            f"this v2 checkpoint was trained with train.v2.w_hpf={v2.w_hpf}: its generator needs the FAN "
+            f"landmark weights (wing.ckpt), which checkpoints do not carry, and the run's config names {where}. "
+            f"Put wing.ckpt there (official download: {WING_URL}) or pass wing_path= to load_model")
+    v2.wing_path = path
+
+
+def model_from_state(state: TrainState, device: str | torch.device = "cpu",
+                     wing_path: str | Path | None = None) -> Model:
+    """``wing_path``: the FAN weights for a ``w_hpf > 0`` v2 checkpoint, instead of the path its
+    config records (which may not exist on this machine)."""
     cfg = config_from_dict(state.config)
     device = torch.device(device)
     if state.model == "v1":
@@ -82,24 +121,29 @@ def model_from_state(state: TrainState, device: str | torch.device = "cpu") -> M
 
         layout = LabelLayout.from_dict(state.extra["layout"])
         nets, _ = build_v1(cfg.train, layout, device)
-        nets.G.load_state_dict(state.nets["G"])
+        # The EMA generator when training kept one (train.v1.ema_beta > 0), else the last iterate.
+        nets.G.load_state_dict(state.nets["G_ema"] if "G_ema" in state.nets else state.nets["G"])
         return V1Model(G=nets.G.eval().requires_grad_(False), layout=layout, config=cfg, step=state.step)
     if state.model == "v2":
         from stargan.models.v2 import build_v2
 
         ex = state.extra
         domains = resolve_domains(ex["label_names"], ex["label_kind"], cfg.train.v2.domains)
+        _use_wing_path(cfg, wing_path)
         nets, _ = build_v2(cfg.train, domains.num_domains, device)
         for name in ("G", "F", "E"):
             getattr(nets, name).load_state_dict(state.nets[f"{name}_ema"])
-        return V2Model(G=nets.G.eval().requires_grad_(False), F=nets.F.eval().requires_grad_(False),
+        G = nets.G if nets.fan is None else MaskedGenerator(nets.G, nets.fan)
+        return V2Model(G=G.eval().requires_grad_(False), F=nets.F.eval().requires_grad_(False),
                        E=nets.E.eval().requires_grad_(False), domains=domains, config=cfg, step=state.step)
     raise CheckpointError(f"checkpoint model {state.model!r} is neither v1 nor v2")
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> Model:
-    """A checkpoint file (or a directory holding ``checkpoint.pt``) -> inference model."""
-    return model_from_state(load_state(path, map_location="cpu"), device)
+def load_model(path: str | Path, device: str | torch.device = "cpu",
+               wing_path: str | Path | None = None) -> Model:
+    """A checkpoint file (or a directory holding ``checkpoint.pt``) -> inference model.
+    ``wing_path`` overrides the FAN weights file recorded for a ``w_hpf > 0`` v2 model."""
+    return model_from_state(load_state(path, map_location="cpu"), device, wing_path)
 
 
 def v1_targets_from_names(model: V1Model, names: Sequence[str], dataset: str | None = None,

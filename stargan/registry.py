@@ -151,7 +151,10 @@ def slim_checkpoint(state, out_dir: Path) -> Path:
     """The inference nets of a training state (no D, optimizers or RNG) in the one checkpoint format."""
     from stargan.training.checkpoint import TrainState, save_state
 
-    keep = ("G",) if state.model == "v1" else ("G_ema", "F_ema", "E_ema")
+    if state.model == "v1":
+        keep = ("G_ema",) if "G_ema" in state.nets else ("G",)
+    else:
+        keep = ("G_ema", "F_ema", "E_ema")
     slim = TrainState(step=state.step, model=state.model, config=state.config,
                       nets={k: state.nets[k] for k in keep}, extra=dict(state.extra))
     return save_state(slim, out_dir / "checkpoint.pt")

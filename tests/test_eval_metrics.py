@@ -83,6 +83,15 @@ def test_counterfactual_ranks_a_good_translation_above_the_identity_baseline(roo
     assert "celeba_to_rafd/angry/l1" in r                   # CelebA faces with RaFD expressions
     assert "rafd_to_celeba" in good.meta["skipped"]          # ... but not the reverse, with the reason
     assert r["celeba/render_floor_l1"] < 0.02
+    assert r["fraction_beating_identity"] == 1.0 and r["targets_beating_identity"] == r["targets"] > 10
+    # A hair colour the face already has changes nothing: those pairs are "kept", not scored
+    # against the identity baseline (whose error there is the render floor, unbeatable).
+    hair_kept = sum(r[f"celeba/{h}/kept_images"] for h in ("Black_Hair", "Blond_Hair", "Brown_Hair"))
+    n = r["celeba/Male/images"]
+    assert r["celeba/Male/kept_images"] == 0 and r["rafd/happy/images"] > 0
+    assert hair_kept == n and all(r[f"celeba/{h}/images"] + r[f"celeba/{h}/kept_images"] == n
+                                  for h in ("Black_Hair", "Blond_Hair", "Brown_Hair"))
+    assert r["celeba/Black_Hair/kept_l1"] < 0.05                # the oracle's noise only
 
     def lazy(ctx, ds):                        # "G" = the input unchanged: no gain at all
         for batch, outs in real(ctx, ds):
@@ -91,6 +100,8 @@ def test_counterfactual_ranks_a_good_translation_above_the_identity_baseline(roo
     monkeypatch.setattr(metric_counterfactual, "v1_translations", lazy)
     r2 = calc_metric("counterfactual", ctx).results
     assert r2["l1_gain"] == pytest.approx(0.0, abs=1e-9)
+    assert r2["targets_beating_identity"] == 0 and r2["fraction_beating_identity"] == 0.0
+    assert r2["celeba/Black_Hair/kept_l1"] == pytest.approx(r["celeba/render_floor_l1"], abs=0.01)
     assert r2["l1"] > r["l1"]
 
 

@@ -128,5 +128,5 @@ def test_build_v2_hpf_needs_wing_weights(tmp_path):
         build_v2(tiny_cfg(w_hpf=1.0, wing_path=str(tmp_path / "nope.ckpt")), 2)
     wing = tmp_path / "wing.ckpt"
     wing.write_bytes(b"x")
-    with pytest.raises(NotImplementedError, match="FAN mask support is not implemented yet"):
-        build_v2(tiny_cfg(w_hpf=1.0, wing_path=str(wing)), 2)
+    with pytest.raises(ConfigError, match="wing.ckpt: cannot read it as a weights-only torch file"):
+        build_v2(tiny_cfg(w_hpf=1.0, wing_path=str(wing)), 2)       # loading itself: tests/test_fan.py

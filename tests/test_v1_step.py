@@ -232,3 +232,29 @@ def test_a_short_run_learns_to_translate_colours():
     assert early > 0.9                  # ~log 3: D cannot tell the fakes' targets apart yet
     assert late < 0.3 and late < early / 3
     assert before < 0.5 and colour_accuracy() > 0.75
+
+
+# ------------------------------------------------------------------------- G EMA
+
+def test_without_ema_there_is_no_ema_generator():
+    nets, _ = build_v1(tiny_cfg(), COLOURS)
+    assert nets.G_ema is None and nets.G_eval is nets.G
+
+
+def test_ema_generator_is_the_running_average_of_g_after_each_g_step():
+    cfg = tiny_cfg(ema_beta=0.75, n_critic=2)
+    nets, optims = build_v1(cfg, COLOURS)
+    assert nets.G_eval is nets.G_ema and same(params(nets.G_ema), params(nets.G))
+    g = torch.Generator().manual_seed(0)
+    expected = params(nets.G)
+    for step in range(4):
+        before = params(nets.G_ema)
+        train_step(nets, optims, blobs(4, g), cfg, step, COLOURS)
+        if (step + 1) % 2:                        # D-only step: the average does not move
+            assert same(params(nets.G_ema), before)
+            continue
+        expected = [0.75 * e + 0.25 * p for e, p in zip(expected, params(nets.G))]
+        for got, want in zip(params(nets.G_ema), expected):
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+    assert not same(params(nets.G_ema), params(nets.G))
+    assert not any(p.requires_grad for p in nets.G_ema.parameters())

@@ -20,7 +20,7 @@ TINY = {
               "v1": {"g_conv_dim": 8, "d_conv_dim": 8, "g_repeat_num": 1, "d_repeat_num": 4, "n_critic": 2,
                      "num_iters_decay": 3},
               "v2": {"style_dim": 8, "latent_dim": 4, "max_conv_dim": 16, "mapping_hidden": 16, "ds_iter": 6},
-              "ray": {"max_failures": 2}},
+              "ray": {"max_failures": 2, "cpus_per_worker": 1.0}},
 }
 
 

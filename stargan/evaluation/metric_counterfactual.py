@@ -4,9 +4,14 @@ The synthetic sets store every image's render parameters, so "this face, with th
 labels" can be rendered exactly (same identity, pose, background), warped with the image's own
 alignment matrix and resized like the input. Reported per target and as means:
 
-- ``l1`` (pixels in [0, 1]), ``psnr`` (dB), ``ssim`` of G's output vs the counterfactual;
+- ``l1`` (pixels in [0, 1]), ``psnr`` (dB), ``ssim`` of G's output vs the counterfactual, over
+  the pairs whose target changes the face (``images`` of them);
 - ``identity_l1`` / ``identity_psnr`` / ``identity_ssim``: the same for the input itself (doing
   nothing), so ``l1_gain = identity_l1 - l1`` > 0 means the model moved towards the truth;
+- ``kept_l1``: G's output vs the input over the pairs whose target is the face's own label
+  (``kept_images``; e.g. black hair -> black hair), where any change is an error;
+- ``targets``, ``targets_beating_identity``, ``fraction_beating_identity``: how many targets have
+  ``l1_gain > 0`` (the issue's "closer to the true counterfactual than the input is");
 - ``<dataset>/render_floor_l1``: the unchanged parameters rendered vs the stored input (JPEG
   and resampling noise): no model can score below it.
 
@@ -22,7 +27,7 @@ from collections import defaultdict
 import torch
 
 from stargan.evaluation.errors import MetricUnavailable
-from stargan.evaluation.image_metrics import all_metrics
+from stargan.evaluation.image_metrics import all_metrics, l1
 from stargan.evaluation.metric_accuracy import target_key
 from stargan.evaluation.metrics import MetricResult, register_metric
 from stargan.evaluation.tasks import (EvalContext, ground_truth, v1_translations, v2_dataset, v2_domain_labels,
@@ -32,31 +37,55 @@ FLOOR_LIMIT = 0.08          # mean L1 in [0, 1] above which the renderer does no
 
 
 class _Sums:
+    """Per-target sums, kept apart for *changed* pairs (the target changes the face: G must move
+    towards the truth) and *kept* pairs (the target is the face's own label, e.g. black hair ->
+    black hair: the truth is the input, so only G's fidelity is measured there)."""
+
     def __init__(self):
         self.sums = defaultdict(float)
         self.n = defaultdict(int)
+        self.kept_n = defaultdict(int)
 
-    def add(self, key: str, pred: torch.Tensor, ident: torch.Tensor, gt: torch.Tensor) -> None:
-        for prefix, img in (("", pred), ("identity_", ident)):
-            for m, v in all_metrics(img, gt).items():
-                self.sums[(key, prefix + m)] += float(v.double().sum())
-        self.n[key] += gt.size(0)
+    def add(self, key: str, pred: torch.Tensor, ident: torch.Tensor, gt: torch.Tensor, changed: torch.Tensor) -> None:
+        changed = changed.to(pred.device)
+        if changed.any():
+            for prefix, img in (("", pred), ("identity_", ident)):
+                for m, v in all_metrics(img[changed], gt[changed]).items():
+                    self.sums[(key, prefix + m)] += float(v.double().sum())
+            self.n[key] += int(changed.sum())
+        if (~changed).any():
+            self.sums[(key, "kept_l1")] += float(l1(pred[~changed], gt[~changed]).double().sum())
+            self.kept_n[key] += int((~changed).sum())
 
     def write(self, res: MetricResult, table: str) -> None:
         groups = defaultdict(lambda: defaultdict(list))
-        for key in self.n:
-            row = {"source": key.split("/")[0], "target": key.split("/")[-1], "images": self.n[key]}
+        for key in sorted(set(self.n) | set(self.kept_n)):
+            row = {"source": key.split("/")[0], "target": key.split("/")[-1], "images": self.n[key],
+                   "kept_images": self.kept_n[key]}
             for (k, m), s in self.sums.items():
                 if k == key:
-                    row[m] = res.results[f"{key}/{m}"] = s / self.n[key]
-            res.results[f"{key}/l1_gain"] = row["l1_gain"] = row["identity_l1"] - row["l1"]
+                    row[m] = s / (self.kept_n[key] if m == "kept_l1" else self.n[key])
+            if self.n[key]:
+                row["l1_gain"] = row["identity_l1"] - row["l1"]
+            for m, v in row.items():
+                if m not in ("source", "target"):
+                    res.results[f"{key}/{m}"] = v
             res.tables.setdefault(table, []).append(row)
-            for m in ("l1", "psnr", "ssim", "identity_l1", "identity_psnr", "identity_ssim", "l1_gain"):
-                groups[key.split("/")[0]][m].append(row[m])
-                groups[""][m].append(row[m])
+            for m in ("l1", "psnr", "ssim", "identity_l1", "identity_psnr", "identity_ssim", "l1_gain", "kept_l1"):
+                if m in row:
+                    groups[key.split("/")[0]][m].append(row[m])
+                    groups[""][m].append(row[m])
+            if self.n[key]:
+                for g in (key.split("/")[0], ""):
+                    groups[g]["targets"].append(1.0)
+                    groups[g]["targets_beating_identity"].append(float(row["l1_gain"] > 0))
         for g, ms in groups.items():
             for m, vals in ms.items():
-                res.results[f"{g}/{m}" if g else m] = sum(vals) / len(vals)
+                value = sum(vals) if m.startswith("targets") else sum(vals) / len(vals)
+                res.results[f"{g}/{m}" if g else m] = value
+            if ms.get("targets"):
+                res.results[f"{g}/fraction_beating_identity" if g else "fraction_beating_identity"] = (
+                    sum(ms["targets_beating_identity"]) / sum(ms["targets"]))
 
 
 def _floor(ctx: EvalContext, gt, ds: str, batch: dict) -> float:
@@ -94,7 +123,7 @@ def _v1(ctx: EvalContext) -> MetricResult:
                 except ValueError as e:        # labels the renderer does not draw
                     skipped[target_key(ds, t)] = str(e)
                     continue
-                sums.add(target_key(ds, t), fake, batch["image"], truth)
+                sums.add(target_key(ds, t), fake, batch["image"], truth, gt.changed(batch, names, t.labels))
         if floors:
             res.results[f"{ds}/render_floor_l1"] = sum(floors) / len(floors)
     if not sums.n:
@@ -120,7 +149,8 @@ def _v2(ctx: EvalContext) -> MetricResult:
                     floors.append(_floor(ctx, gt, ds, batch))
                 labels = torch.tensor([values] * batch["image"].size(0), dtype=torch.float32)
                 truth = gt.batch(batch, lnames, labels, ctx.device)
-                sums.add(f"{mode}/{names[src]}_to_{names[trg]}", outs[0], batch["image"], truth)
+                sums.add(f"{mode}/{names[src]}_to_{names[trg]}", outs[0], batch["image"], truth,
+                         gt.changed(batch, lnames, labels))
     if not sums.n:
         raise MetricUnavailable(f"no test images in any v2 domain of '{ds}'", "check train.v2.domains")
     sums.write(res, "eval_counterfactual")

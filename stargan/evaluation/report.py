@@ -20,7 +20,7 @@ from stargan.visualize import grid, save_png
 PLOTS = {
     "eval_accuracy": ["name", "source", "target", "accuracy", "others_kept", "images"],
     "eval_counterfactual": ["name", "source", "target", "l1", "identity_l1", "l1_gain", "psnr", "identity_psnr",
-                            "ssim", "identity_ssim", "images"],
+                            "ssim", "identity_ssim", "images", "kept_l1", "kept_images"],
     "eval_fid": ["task", "fid"],
     "eval_fid_classifier_features": ["task", "fid"],
     "eval_lpips": ["task", "lpips"],

@@ -314,6 +314,14 @@ class GroundTruth:
             self._cache.popitem(last=False)
         return img
 
+    def changed(self, batch: dict, label_names: list[str], labels: Tensor) -> Tensor:
+        """[B] bool: does the target change the face's parameters at all? (A hair-colour target
+        equal to the face's own colour does not: its counterfactual *is* the input.)"""
+        from stargan.data.synthetic import FaceParams, counterfactual
+
+        return torch.tensor([counterfactual(params, label_names, labels[i].tolist()) != FaceParams.from_dict(params)
+                             for i, params in enumerate(batch["extra"])])
+
     def batch(self, batch: dict, label_names: list[str] | None, labels: Tensor | None, device) -> Tensor:
         rows = []
         for i, params in enumerate(batch["extra"]):

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stargan.config import ConfigError, TrainConfig
+from stargan.models.fan import WING_URL, load_fan
 from stargan.models.ops import (InstanceNorm, apply_backend_flags, avg_pool2x, compile_module, instance_norm,
                                 set_fast_ops)
 
@@ -33,7 +34,7 @@ __all__ = [
 
 _SQRT2 = math.sqrt(2.0)
 FAN_MISSING_MSG = ("w_hpf>0 needs the FAN landmark weights (wing.ckpt); set train.v2.wing_path to the "
-                   "file (official URL in docs) or set train.v2.w_hpf: 0")
+                   f"file (official download: {WING_URL}) or set train.v2.w_hpf: 0")
 
 
 def _log2_size(img_size: int) -> int:
@@ -162,7 +163,7 @@ class HighPass(nn.Module):
         self.register_buffer("filter", kernel, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        c = x.size(1)
+        c = int(x.size(1))      # static: a traced size would leave the kernel shape unknown to ONNX
         weight = self.filter.to(x.dtype)[None, None].expand(c, 1, 3, 3)
         return F.conv2d(x, weight, padding=1, groups=c)
 
@@ -208,13 +209,15 @@ class Generator(nn.Module):
             raise ValueError("masks are only used by a generator built with w_hpf > 0")
         x = self.from_rgb(x)
         cache: dict[int, Tensor] = {}
+        # int(): sizes are static per image size; under tracing (export) size() is a tensor,
+        # which would not find its dict key.
         for block in self.encode:
-            if masks is not None and x.size(2) in _MASK_SIZES:
-                cache[x.size(2)] = x
+            if masks is not None and int(x.size(2)) in _MASK_SIZES:
+                cache[int(x.size(2))] = x
             x = block(x)
         for block in self.decode:
             x = block(x, s)
-            size = x.size(2)
+            size = int(x.size(2))
             if masks is not None and size in _MASK_SIZES:
                 mask = masks[0] if size == 32 else masks[1]
                 mask = F.interpolate(mask.to(x.dtype), size=(size, size), mode="bilinear",
@@ -309,10 +312,10 @@ def he_init(module: nn.Module) -> None:
 @dataclass
 class V2Nets:
     """The trained nets and the EMA copies of G, F, E that are sampled, evaluated and exported.
-    ``fan`` is the frozen landmark network that makes the masks when ``w_hpf > 0`` (None here:
-    FAN support is not implemented yet). ``D_single`` is D for the passes that are differentiated
-    once (fakes, G phases): D itself, or with ``train.compile`` a compiled view of the same
-    parameters (R1's double backward always runs the eager D)."""
+    ``fan`` is the frozen landmark network (:class:`~stargan.models.fan.FAN`) that makes the masks
+    when ``w_hpf > 0``, else None; it is neither trained nor checkpointed. ``D_single`` is D for
+    the passes that are differentiated once (fakes, G phases): D itself, or with ``train.compile``
+    a compiled view of the same parameters (R1's double backward always runs the eager D)."""
     G: Generator
     F: MappingNetwork
     E: StyleEncoder
@@ -351,18 +354,18 @@ def build_v2(cfg: TrainConfig, num_domains: int, device: torch.device | str | No
       washes out, but there is no reason to keep it.)
     - Adam(lr, betas=(beta1, beta2), weight_decay) for G, E, D and Adam(f_lr, ...) for F, with
       ``weight_decay`` as *coupled* L2 (torch Adam, not AdamW), as the official; it applies to D too.
-    - ``w_hpf > 0`` needs the FAN landmark network from ``cfg.v2.wing_path``.
+    - ``w_hpf > 0`` needs the FAN landmark network: it is loaded (strictly, frozen) from
+      ``cfg.v2.wing_path`` every time, since checkpoints do not carry it (see :mod:`stargan.models.fan`).
     """
     v2 = cfg.v2
     if num_domains < 1:
         raise ValueError(f"num_domains must be >= 1, got {num_domains}")
+    fan = None
     if v2.w_hpf > 0:
         if not v2.wing_path or not Path(v2.wing_path).is_file():
             raise ConfigError(f"train.v2.wing_path: {FAN_MISSING_MSG}"
                               + (f" (no file at {v2.wing_path})" if v2.wing_path else ""))
-        raise NotImplementedError(
-            "FAN mask support is not implemented yet: train.v2.w_hpf > 0 cannot be trained in this "
-            "version; set train.v2.w_hpf: 0 (the AFHQ setting, and the pipeline default)")
+        fan = load_fan(v2.wing_path, device)
     size = cfg.image_size
     # Initial weights depend on train.seed only (a forked RNG leaves the caller's untouched), so
     # every worker and every resumed run builds the same starting nets.
@@ -382,7 +385,7 @@ def build_v2(cfg: TrainConfig, num_domains: int, device: torch.device | str | No
     if cfg.channels_last:
         for net in (G, E, D):
             net.to(memory_format=torch.channels_last)
-    nets = V2Nets(G, Fm, E, D, copy.deepcopy(G), copy.deepcopy(Fm), copy.deepcopy(E))
+    nets = V2Nets(G, Fm, E, D, copy.deepcopy(G), copy.deepcopy(Fm), copy.deepcopy(E), fan=fan)
     for net in nets.ema().values():
         net.requires_grad_(False)
     if cfg.compile:

@@ -7,7 +7,7 @@ per dataset with the same ``step``):
 2. D (every step): -E[D_src(x)] + E[D_src(G(x,c'))] + λ_cls·cls(D_cls(x), c) + λ_gp·GP,
    the fake made without a G graph; gradients averaged (``sync_grads``), then Adam.
 3. G (when ``(step+1) % n_critic == 0``): -E[D_src(G(x,c'))] + λ_cls·cls(D_cls(G(x,c')), c')
-   + λ_rec·|x - G(G(x,c'), c)|; D frozen; ``sync_grads``, then Adam.
+   + λ_rec·|x - G(G(x,c'), c)|; D frozen; ``sync_grads``, then Adam; then G_ema (if kept).
 
 The classification terms use the batch's dataset slice of D's output only (the mask vector).
 Every loss is checked before its optimizer step: a NaN/inf raises :class:`NonFiniteLossError`
@@ -16,6 +16,7 @@ and leaves weights and optimizer state untouched. Nothing here knows Ray, MLflow
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -29,6 +30,7 @@ from stargan.losses import (domain_cls_loss, gradient_penalty, interpolate, inte
                             wgan_g_loss)
 from stargan.models.ops import apply_backend_flags, compile_module, set_fast_ops
 from stargan.models.v1 import Discriminator, Generator
+from stargan.training.ema import update_ema
 from stargan.training.errors import NonFiniteLossError
 from stargan.training.labels import LabelLayout
 from stargan.training.schedules import linear_decay_lr
@@ -43,6 +45,12 @@ SyncGrads = Callable[[nn.Module], None]
 class V1Nets:
     G: Generator
     D: Discriminator
+    G_ema: Generator | None = None      # only with ``train.v1.ema_beta > 0``
+
+    @property
+    def G_eval(self) -> Generator:
+        """The generator to sample, evaluate and export: the EMA one when kept."""
+        return self.G_ema if self.G_ema is not None else self.G
 
 
 @dataclass
@@ -71,13 +79,14 @@ def build_v1(cfg: TrainConfig, layout: LabelLayout, device: torch.device | str |
     D = D.to(device=device, memory_format=memory_format)
     if cfg.fast_ops:
         set_fast_ops(G)
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False) if v.ema_beta > 0 else None
     apply_backend_flags(cfg.tf32, device)
     if cfg.compile:
         compile_module(G)
     fused = {"fused": True} if device.type == "cuda" else {}
     g_opt = torch.optim.Adam(G.parameters(), lr=v.g_lr, betas=(v.beta1, v.beta2), **fused)
     d_opt = torch.optim.Adam(D.parameters(), lr=v.d_lr, betas=(v.beta1, v.beta2), **fused)
-    return V1Nets(G, D), V1Optims(g_opt, d_opt)
+    return V1Nets(G, D, G_ema), V1Optims(g_opt, d_opt)
 
 
 def cls_loss(layout: LabelLayout, dataset_idx: int, logits: Tensor, labels: Tensor) -> Tensor:
@@ -164,6 +173,9 @@ def train_step(nets: V1Nets, optims: V1Optims, batch: dict, cfg: TrainConfig, st
                                    "G/loss": g_loss}, "G/grad_norm", G))
         with record_function("G_opt"):
             optims.g.step()
+        if nets.G_ema is not None:
+            with record_function("G_ema"):
+                update_ema(G, nets.G_ema, v.ema_beta)
 
     out["lr/g"] = lr_g
     out["lr/d"] = lr_d

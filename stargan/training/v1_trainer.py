@@ -67,14 +67,18 @@ class V1Trainer:
         return {k: float(np.mean(v)) for k, v in out.items()}
 
     def state(self, step: int) -> TrainState:
-        return TrainState(step=step, model="v1", config=self.cfg.to_dict(),
-                          nets={"G": self.nets.G.state_dict(), "D": self.nets.D.state_dict()},
+        nets = {"G": self.nets.G.state_dict(), "D": self.nets.D.state_dict()}
+        if self.nets.G_ema is not None:
+            nets["G_ema"] = self.nets.G_ema.state_dict()
+        return TrainState(step=step, model="v1", config=self.cfg.to_dict(), nets=nets,
                           optims={"g": self.optims.g.state_dict(), "d": self.optims.d.state_dict()},
                           rng=capture_rng({"step": self.gen}), extra={"layout": self.layout.to_dict()})
 
     def load(self, state: TrainState) -> None:
         self.nets.G.load_state_dict(state.nets["G"])
         self.nets.D.load_state_dict(state.nets["D"])
+        if self.nets.G_ema is not None:   # a run that turned the EMA on at resume starts it from G
+            self.nets.G_ema.load_state_dict(state.nets.get("G_ema", state.nets["G"]))
         self.optims.g.load_state_dict(state.optims["g"])
         self.optims.d.load_state_dict(state.optims["d"])
         restore_rng({"step": self.gen}, state.rng)
@@ -87,7 +91,7 @@ class V1Trainer:
         rows = []
         for i, batch in enumerate(self._fixed):
             x = batch["image"].to(self.ctx.device)
-            strip, _ = v1_step.translation_grid(self.nets.G, x, self.layout, i, batch["label"])
+            strip, _ = v1_step.translation_grid(self.nets.G_eval, x, self.layout, i, batch["label"])
             n_cols = strip.size(3) // x.size(3)
             for r in range(x.size(0)):
                 rows.append(torch.stack(strip[r].chunk(n_cols, dim=2)))

@@ -30,6 +30,7 @@ from torch.profiler import record_function
 from stargan.config import TrainConfig
 from stargan.losses import diversity_loss, l1, lambda_ds_at, nonsat_loss, r1_penalty
 from stargan.models.v2 import V2Nets, V2Optims
+from stargan.training.ema import update_ema
 from stargan.training.errors import NonFiniteLossError
 
 __all__ = ["NonFiniteLossError", "train_step", "d_phase", "g_phase", "update_ema", "fan_masks",
@@ -126,18 +127,6 @@ def g_phase(nets: V2Nets, cfg: TrainConfig, x_real: Tensor, y_org: Tensor, y_trg
     loss = loss_adv + v2.lambda_sty * loss_sty - lambda_ds * loss_ds + v2.lambda_cyc * loss_cyc
     return loss, {"adv": loss_adv.detach(), "sty": loss_sty.detach(), "ds": loss_ds.detach(),
                   "cyc": loss_cyc.detach()}
-
-
-@torch.no_grad()
-def update_ema(model: nn.Module, ema: nn.Module, beta: float) -> None:
-    """ema ← β·ema + (1−β)·param for every parameter (one foreach lerp); buffers are copied."""
-    ema_params = list(ema.parameters())
-    params = [p.detach() for p in model.parameters()]
-    if len(ema_params) != len(params):
-        raise ValueError("EMA net and trained net have different parameter lists")
-    torch._foreach_lerp_(ema_params, params, 1.0 - beta)
-    for b_ema, b in zip(ema.buffers(), model.buffers()):
-        b_ema.copy_(b)
 
 
 def _check_finite(step: int, prefix: str, loss: Tensor, terms: dict[str, Tensor]) -> None:
