@@ -2,7 +2,8 @@
 
 One loader for everything downstream of training — evaluation, export, the MLflow pyfunc and
 `stargan translate` — so they agree on how a checkpoint maps to networks and label spaces.
-v2 models are the EMA networks (the ones the paper evaluates); v1 has no EMA. A v2 model trained
+v2 models are the EMA networks (the ones the paper evaluates); v1 models are G, or its EMA when
+training kept one (``train.v1.ema_beta > 0``). A v2 model trained
 with ``w_hpf > 0`` also needs the FAN landmark weights, which checkpoints do not carry: they are
 read from the ``train.v2.wing_path`` recorded in the checkpoint's config (or the ``wing_path``
 given to :func:`load_model`), and the FAN is folded into ``V2Model.G`` (:class:`MaskedGenerator`)

@@ -75,17 +75,16 @@ class _Sums:
                 if m in row:
                     groups[key.split("/")[0]][m].append(row[m])
                     groups[""][m].append(row[m])
-            if self.n[key]:
-                for g in (key.split("/")[0], ""):
-                    groups[g]["targets"].append(1.0)
-                    groups[g]["targets_beating_identity"].append(float(row["l1_gain"] > 0))
         for g, ms in groups.items():
+            prefix = f"{g}/" if g else ""
             for m, vals in ms.items():
-                value = sum(vals) if m.startswith("targets") else sum(vals) / len(vals)
-                res.results[f"{g}/{m}" if g else m] = value
-            if ms.get("targets"):
-                res.results[f"{g}/fraction_beating_identity" if g else "fraction_beating_identity"] = (
-                    sum(ms["targets_beating_identity"]) / sum(ms["targets"]))
+                res.results[prefix + m] = sum(vals) / len(vals)
+            gains = ms.get("l1_gain", [])         # one per target with changed pairs
+            if gains:
+                beating = sum(1 for v in gains if v > 0)
+                res.results[prefix + "targets"] = float(len(gains))
+                res.results[prefix + "targets_beating_identity"] = float(beating)
+                res.results[prefix + "fraction_beating_identity"] = beating / len(gains)
 
 
 def _floor(ctx: EvalContext, gt, ds: str, batch: dict) -> float:
