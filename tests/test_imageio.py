@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stargan.data.imageio import ImageDecodeError, decode_image, encode_image, encode_jpeg, encode_png, write_image
+from stargan.data.imageio import (ImageDecodeError, decode_image, decode_shard_image, encode_image, encode_jpeg,
+                                  encode_png, write_image)
 
 
 def _save(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -137,3 +138,37 @@ def test_animated_gif_first_frame():
     a = decode_image(buf.getvalue())
     _check_rgb(a, 8, 10)
     assert a[..., 0].min() > 240 and a[..., 2].max() < 15
+
+
+def _photo(h=48, w=40) -> np.ndarray:
+    rng = np.random.default_rng(3)
+    return cv2.resize(rng.integers(0, 256, (6, 5, 3), dtype=np.uint8), (w, h), interpolation=cv2.INTER_CUBIC)
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg"])
+def test_shard_decode_is_bit_identical_to_the_general_path(fmt):
+    # The loaders' fast path must not change a single pixel of what the shard stage wrote.
+    data = encode_image(_photo(), fmt, 95)
+    fast = decode_shard_image(data, name="k")
+    _check_rgb(fast, 48, 40)
+    np.testing.assert_array_equal(fast, decode_image(data))
+
+
+def test_shard_decode_falls_back_for_files_it_does_not_own():
+    rgba = np.dstack([_photo(), np.full((48, 40), 128, np.uint8)])
+    data = _save(Image.fromarray(rgba, "RGBA"), "PNG")
+    # alpha is still composited on white, as decode_image does (OpenCV would drop it)
+    np.testing.assert_array_equal(decode_shard_image(data), decode_image(data))
+    gray = _save(Image.fromarray(_photo()[..., 0], "L"), "PNG")
+    np.testing.assert_array_equal(decode_shard_image(gray), decode_image(gray))
+
+
+def test_shard_decode_of_a_damaged_file_is_the_general_error():
+    jpeg = encode_jpeg(_photo())
+    with pytest.raises(ImageDecodeError, match="shard image 'a'.*truncated"):
+        decode_shard_image(jpeg[: len(jpeg) // 2], name="shard image 'a'")
+    png = encode_png(_photo())
+    with pytest.raises(ImageDecodeError, match="truncated"):
+        decode_shard_image(png[:-20])
+    with pytest.raises(ImageDecodeError, match="not a recognised image"):
+        decode_shard_image(b"\xff\xd8\xff" + bytes(100) + b"\xff\xd9")

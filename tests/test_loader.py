@@ -6,7 +6,9 @@ import torch
 from stargan.bench.data import write_aligned_set
 from stargan.config import ShardConfig
 from stargan.data import loader as loader_mod
-from stargan.data.loader import BalancedStream, TrainStream, iter_split, make_loader
+from stargan.config import TrainConfig
+from stargan.data.loader import BalancedStream, TrainStream, iter_split, make_loader, train_stream
+from stargan.data.transforms import to_model_input, to_unit_range
 from stargan.data.shards import ShardError, write_shards
 
 B = 10
@@ -103,8 +105,8 @@ def test_start_batch_reproduces_the_tail(shards, workers):
 
 def test_resume_decodes_only_what_it_yields(shards, monkeypatch):
     calls = []
-    real = loader_mod.decode_image
-    monkeypatch.setattr(loader_mod, "decode_image", lambda b, **kw: calls.append(1) or real(b, **kw))
+    real = loader_mod.decode_shard_image
+    monkeypatch.setattr(loader_mod, "decode_shard_image", lambda b, **kw: calls.append(1) or real(b, **kw))
     s = TrainStream(shards, batch_size=B, image_size=8, start_batch=1000)
     next(iter(s))
     assert len(calls) == B
@@ -175,3 +177,31 @@ def test_iter_split_is_complete_ordered_and_plain(unbalanced):
     assert x["extra"][0] == {} and x["image"].min() >= -1 and x["image"].max() <= 1
     with pytest.raises(ShardError, match="no 'val' rows"):
         next(iter_split(unbalanced, "val", 4, 8))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_uint8_streams_carry_exactly_the_float_batches(shards, unbalanced, workers):
+    # Training ships uint8 and converts on the device; the model must see the same numbers.
+    f = _take(TrainStream(shards, batch_size=B, image_size=8, seed=4), 3)
+    u = _take(TrainStream(shards, batch_size=B, image_size=8, seed=4, uint8=True), 3, workers)
+    for a, b in zip(f, u):
+        assert b["image"].dtype == torch.uint8 and b["image"].shape == (B, 3, 8, 8)
+        assert torch.equal(to_unit_range(b["image"]), a["image"]) and torch.equal(a["label"], b["label"])
+    kw = dict(domains=["cat", "wild"], batch_size=4, image_size=8, seed=2)
+    f = _take(BalancedStream(unbalanced, **kw), 2)
+    u = _take(BalancedStream(unbalanced, uint8=True, **kw), 2, workers)
+    for a, b in zip(f, u):
+        for k in ("x_src", "x_ref", "x_ref2"):
+            assert b[k].dtype == torch.uint8 and torch.equal(to_unit_range(b[k]), a[k]), k
+
+
+def test_training_streams_are_uint8_and_to_model_input_converts_them(shards):
+    s = train_stream(shards, TrainConfig(batch_size=4, image_size=8))
+    batch = next(iter(s))
+    assert s.uint8 and batch["image"].dtype == torch.uint8
+    x = to_model_input(batch["image"], torch.device("cpu"), torch.channels_last)
+    assert x.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(x, to_unit_range(batch["image"]))
+    assert float(to_unit_range(torch.tensor([0, 255], dtype=torch.uint8)).abs().max()) == 1.0
+    floats = torch.rand(2, 3, 4, 4)
+    assert torch.equal(to_model_input(floats, torch.device("cpu")), floats)   # float batches only move

@@ -60,3 +60,24 @@ def test_transforms_share_one_generator():
     t([_gradient()], seed=1)
     gens = {id(tr.py_random) for tr in t.compose.transforms}
     assert len(gens) == 1
+
+
+@pytest.mark.parametrize("mode", ["v1_train", "v2_train", "eval"])
+def test_batched_normalise_is_bit_identical_to_albumentations_per_image(mode):
+    # The batch-level [-1, 1] conversion replaced albumentations' Normalize + ToTensorV2 per image.
+    import random
+
+    import albumentations as A
+    from albumentations.pytorch import ToTensorV2
+
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(5)]
+    t = build_transform(mode, 32, source_size=64)
+    out = t(imgs, seed=9)
+    # the same random crops and flips (BatchTransform's seeding), then the old per-image tail
+    ss = np.random.SeedSequence(9)
+    t.compose.set_random_state(np.random.default_rng(ss), random.Random(int(ss.generate_state(2, dtype=np.uint64)[0])))
+    tail = A.Compose([A.Normalize(mean=(0.5,) * 3, std=(0.5,) * 3, max_pixel_value=255.0), ToTensorV2()])
+    ref = torch.stack([tail(image=t.compose(image=img)["image"])["image"] for img in imgs])
+    assert out.is_contiguous() and out.dtype == torch.float32
+    assert torch.equal(out, ref)

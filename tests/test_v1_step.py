@@ -2,6 +2,7 @@
 import copy
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -160,6 +161,21 @@ def test_same_seeds_give_bit_identical_weights():
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
     n3, _, _ = run_three_steps(dataclasses.replace(cfg, seed=1))
     assert not same(params(n3.G), params(n1.G))
+
+
+def test_uint8_batch_trains_exactly_like_its_float_batch():
+    # The training stream ships uint8; the step converts it where it runs, to the same numbers.
+    cfg = tiny_cfg(n_critic=1)
+    u8 = torch.randint(0, 256, (4, 3, 16, 16), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
+    labels = torch.eye(3)[[0, 1, 2, 0]]
+    runs = []
+    for image in (u8, (u8.float() - 127.5) * float(np.float32(1 / 127.5))):
+        nets, optims = build_v1(cfg, COLOURS)
+        out = train_step(nets, optims, {"image": image, "label": labels}, cfg, 0, COLOURS,
+                         generator=torch.Generator().manual_seed(0))
+        runs.append((out, params(nets.G), params(nets.D)))
+    assert runs[0][0] == runs[1][0]
+    assert same(runs[0][1], runs[1][1]) and same(runs[0][2], runs[1][2])
 
 
 def test_build_leaves_the_global_rng_alone():

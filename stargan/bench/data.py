@@ -4,10 +4,17 @@
 
 - ``shard_write``: :func:`stargan.data.shards.write_shards` from ``data/aligned/<name>`` into a
   temp folder (the real ``data/shards`` is not touched);
-- ``loader``: :class:`stargan.data.loader.TrainStream` through a ``DataLoader`` (read + decode
-  + v1 train transform) at each worker count, steady state after the first batch, plus the
-  start-up time (first batch);
-- ``decode_only``: parquet read + image decode in this process, no transform.
+- ``loader``: the training stream of ``train.model`` through a ``DataLoader`` at each worker count,
+  steady state after the first batch, plus the start-up time (first batch), uint8 batches as
+  training gets them (:func:`stargan.data.loader.train_stream`). v1:
+  :class:`stargan.data.loader.TrainStream` (read + decode + v1 train transform); v2:
+  :class:`stargan.data.loader.BalancedStream` over ``train.v2.domains`` (three decodes per sample:
+  source, reference, second reference; ``images_per_s`` counts samples, as training throughput
+  does). The 0-worker row runs in this process, so ``1000 / images_per_s`` there is the CPU time
+  one sample costs (``cpu_ms_per_image``): a training process needing R images/s needs about
+  ``R * cpu_ms_per_image / 1000`` loader cores;
+- ``decode_only``: parquet read + image decode (the loaders' :func:`decode_shard_image`) in this
+  process, no transform.
 
 With no aligned folder present, a generated aligned set (:func:`write_aligned_set`) stands in.
 """
@@ -83,10 +90,15 @@ def machine_info() -> dict:
             "torch_threads": torch.get_num_threads()}
 
 
-def _bench_loader(shard_dir: Path, batch_size: int, image_size: int, workers: int, batches: int) -> dict:
-    from stargan.data.loader import TrainStream, make_loader
+def _bench_loader(shard_dir: Path, batch_size: int, image_size: int, workers: int, batches: int,
+                  v2_domains: Sequence[str] | None = None) -> dict:
+    from stargan.data.loader import BalancedStream, TrainStream, make_loader
 
-    stream = TrainStream(shard_dir, batch_size=batch_size, image_size=image_size, seed=0)
+    if v2_domains is None:
+        stream = TrainStream(shard_dir, batch_size=batch_size, image_size=image_size, seed=0, uint8=True)
+    else:
+        stream = BalancedStream(shard_dir, domains=v2_domains, batch_size=batch_size, image_size=image_size, seed=0,
+                                uint8=True)
     t0 = time.perf_counter()
     it = iter(make_loader(stream, num_workers=workers))
     next(it)
@@ -95,14 +107,19 @@ def _bench_loader(shard_dir: Path, batch_size: int, image_size: int, workers: in
         next(it)
     t2 = time.perf_counter()
     del it
-    return {"workers": workers, "batch_size": batch_size, "image_size": image_size, "batches": batches,
-            "startup_s": round(t1 - t0, 3), "images_per_s": round(batches * batch_size / (t2 - t1), 1)}
+    rate = batches * batch_size / (t2 - t1)
+    row = {"stream": "v1 TrainStream" if v2_domains is None else "v2 BalancedStream", "workers": workers,
+           "batch_size": batch_size, "image_size": image_size, "batches": batches,
+           "startup_s": round(t1 - t0, 3), "images_per_s": round(rate, 1)}
+    if workers == 0:
+        row["cpu_ms_per_image"] = round(1000 / rate, 3)
+    return row
 
 
 def _bench_decode(shard_dir: Path, limit: int) -> dict:
     import pyarrow.parquet as pq
 
-    from stargan.data.imageio import decode_image
+    from stargan.data.imageio import decode_shard_image
     from stargan.data.shards import read_manifest
 
     manifest = read_manifest(shard_dir)
@@ -110,7 +127,7 @@ def _bench_decode(shard_dir: Path, limit: int) -> dict:
     for entry in manifest["files"]:
         for rb in pq.ParquetFile(shard_dir / entry["path"]).iter_batches(batch_size=256, columns=["image"]):
             for b in rb.column("image").to_pylist():
-                decode_image(b)
+                decode_shard_image(b)
                 n += 1
             if n >= limit:
                 break
@@ -161,8 +178,9 @@ def bench_data(cfg: Config, out_path: Path, *, repo_root: Path = Path("."), data
             shard_dir = existing if (existing / "manifest.json").exists() else out
             entry["shards"] = str(shard_dir)
             entry["decode_only"] = _bench_decode(shard_dir, limit=batches * cfg.train.batch_size)
-            entry["loader"] = [_bench_loader(shard_dir, cfg.train.batch_size, cfg.train.image_size, w, batches)
-                               for w in workers]
+            v2_domains = list(cfg.train.v2.domains) if cfg.train.model == "v2" else None
+            entry["loader"] = [_bench_loader(shard_dir, cfg.train.batch_size, cfg.train.image_size, w, batches,
+                                             v2_domains) for w in workers]
             result["datasets"][name] = entry
     write_json(out_path, result)
     return result

@@ -3,7 +3,11 @@
 Three readers:
 
 :class:`TrainStream` (v1, and any label-conditioned training)
-    Infinite stream of whole batches ``{"image" [B,3,H,W] in [-1,1], "label" [B,L], "key"}``.
+    Infinite stream of whole batches ``{"image" [B,3,H,W] in [-1,1], "label" [B,L], "key"}``
+    (``uint8=True``, as :func:`train_stream` builds them for training: ``image`` stays uint8
+    0..255 and :func:`stargan.data.transforms.to_model_input` converts it on the training device;
+    a quarter of the bytes through worker shared memory and the host-to-device copy, which took
+    v2's 256-px stream with one worker from 141 to 439 samples/s, benchmarks/README.md).
     Epoch ``e``: the split's (file, row group) *units* are permuted with ``rng(seed, e)`` (the
     same permutation on every rank) and dealt to ranks round-robin (``perm[rank::world_size]``).
     A rank's units are cut into windows of ``shuffle_units`` units, and the rows of each window
@@ -55,7 +59,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from stargan.config import TrainConfig
 from stargan.data.domains import DomainMap, resolve_domains
-from stargan.data.imageio import decode_image
+from stargan.data.imageio import decode_shard_image
 from stargan.data.shards import REPAIR, ShardError, open_shard, read_manifest, split_entries
 from stargan.data.transforms import build_transform
 
@@ -75,7 +79,7 @@ def _worker() -> tuple[int, int]:
 
 
 def _decode_all(images: Sequence[bytes], keys: Sequence[str]) -> list[np.ndarray]:
-    return [decode_image(b, name=f"shard image {k!r}") for b, k in zip(images, keys)]
+    return [decode_shard_image(b, name=f"shard image {k!r}") for b, k in zip(images, keys)]
 
 
 # -------------------------------------------------------------------------------- units
@@ -185,7 +189,7 @@ class TrainStream(IterableDataset):
 
     def __init__(self, shard_dir: str | Path, *, batch_size: int, image_size: int, split: str = "train",
                  mode: str = "v1_train", randcrop_prob: float = 0.5, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, start_batch: int = 0, shuffle_units: int = 4):
+                 world_size: int = 1, start_batch: int = 0, shuffle_units: int = 4, uint8: bool = False):
         super().__init__()
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
@@ -200,6 +204,7 @@ class TrainStream(IterableDataset):
         self.batch_size, self.image_size, self.split = batch_size, image_size, split
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.start_batch = start_batch
+        self.uint8 = uint8
         self.transform = build_transform(mode, image_size, self.manifest["image_size"], randcrop_prob)
         self._layout = _Layout(self.units, seed, rank, world_size, shuffle_units)
 
@@ -238,7 +243,8 @@ class TrainStream(IterableDataset):
             for (j, _), k, img, lab in zip(items, rows.column("key").to_pylist(), rows.column("image").to_pylist(),
                                            rows.column("labels").to_pylist()):
                 keys[j], images[j], labels[j] = k, img, lab
-        pixels = self.transform(_decode_all(images, keys), seed=_seed(self.seed, self.rank, b, 0xA06))
+        transform = self.transform.as_uint8 if self.uint8 else self.transform
+        pixels = transform(_decode_all(images, keys), seed=_seed(self.seed, self.rank, b, 0xA06))
         return {"image": pixels, "label": torch.tensor(labels, dtype=torch.float32), "key": keys}
 
     def __iter__(self) -> Iterator[dict]:
@@ -253,11 +259,12 @@ class TrainStream(IterableDataset):
 # ----------------------------------------------------------------------- v2 balanced stream
 
 class BalancedStream(IterableDataset):
-    """Infinite domain-balanced v2 batches ``{x_src, y_src, x_ref, x_ref2, y_ref}``."""
+    """Infinite domain-balanced v2 batches ``{x_src, y_src, x_ref, x_ref2, y_ref}`` (images float in
+    [-1, 1], or uint8 with ``uint8=True``, as for :class:`TrainStream`)."""
 
     def __init__(self, shard_dir: str | Path, *, domains: Sequence[str], batch_size: int, image_size: int,
                  split: str = "train", randcrop_prob: float = 0.5, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, start_batch: int = 0, max_pool_bytes: int = 4 << 30):
+                 world_size: int = 1, start_batch: int = 0, max_pool_bytes: int = 4 << 30, uint8: bool = False):
         super().__init__()
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
@@ -285,6 +292,7 @@ class BalancedStream(IterableDataset):
         self.images = table.column("image")
         self.batch_size, self.image_size = batch_size, image_size
         self.seed, self.rank, self.world_size, self.start_batch = seed, rank, world_size, start_batch
+        self.uint8 = uint8
         self.transform = build_transform("v2_train", image_size, self.manifest["image_size"], randcrop_prob)
 
     def draw(self, b: int) -> dict[str, np.ndarray]:
@@ -301,7 +309,8 @@ class BalancedStream(IterableDataset):
         rows = np.concatenate([d["src"], d["ref"], d["ref2"]])
         keys = self.keys.take(rows).to_pylist()
         images = _decode_all(self.images.take(rows).to_pylist(), keys)
-        x = self.transform(images, seed=_seed(self.seed, self.rank, b, 0xA06))
+        transform = self.transform.as_uint8 if self.uint8 else self.transform
+        x = transform(images, seed=_seed(self.seed, self.rank, b, 0xA06))
         x_src, x_ref, x_ref2 = x.split(self.batch_size)
         n = self.batch_size
         return {"x_src": x_src, "y_src": torch.as_tensor(d["y_src"], dtype=torch.int64),
@@ -320,9 +329,10 @@ class BalancedStream(IterableDataset):
 
 def train_stream(shard_dir: str | Path, cfg: TrainConfig, *, rank: int = 0, world_size: int = 1,
                  start_batch: int = 0) -> TrainStream | BalancedStream:
-    """The training stream ``train.model`` asks for, from the typed train config."""
+    """The training stream ``train.model`` asks for, from the typed train config (uint8 images:
+    the step converts them on its device)."""
     common = dict(batch_size=cfg.batch_size, image_size=cfg.image_size, seed=cfg.seed, rank=rank,
-                  world_size=world_size, start_batch=start_batch)
+                  world_size=world_size, start_batch=start_batch, uint8=True)
     if cfg.model == "v2":
         return BalancedStream(shard_dir, domains=cfg.v2.domains, randcrop_prob=cfg.v2.randcrop_prob, **common)
     return TrainStream(shard_dir, **common)
@@ -334,11 +344,13 @@ def _worker_init(_: int) -> None:
     cv2.setNumThreads(1)
 
 
-def make_loader(stream: IterableDataset, num_workers: int = 0) -> DataLoader:
+def make_loader(stream: IterableDataset, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
     """A ``DataLoader`` over a stream of whole batches; the batch order is the stream's order
-    for any ``num_workers`` (workers are interleaved round-robin, in order)."""
+    for any ``num_workers`` (workers are interleaved round-robin, in order). ``pin_memory`` (for a
+    CUDA device) makes the steps' ``non_blocking`` host-to-device copies actually asynchronous."""
     return DataLoader(stream, batch_size=None, num_workers=num_workers, worker_init_fn=_worker_init,
-                      persistent_workers=num_workers > 0, prefetch_factor=2 if num_workers else None)
+                      persistent_workers=num_workers > 0, prefetch_factor=2 if num_workers else None,
+                      pin_memory=pin_memory)
 
 
 def iter_split(shard_dir: str | Path, split: str, batch_size: int, image_size: int) -> Iterator[dict]:

@@ -9,6 +9,11 @@ The official pipelines (torchvision), rebuilt with albumentations:
   normalise.
 - ``eval``: resize -> normalise, nothing random.
 
+Only the per-image, random or geometric steps run through albumentations; the uint8 -> [-1, 1]
+float conversion runs once per batch on the stacked array (what ``Normalize(0.5, 0.5)`` +
+``ToTensorV2`` did per image, in one vectorised pass: at 128 px it was half of a worker's time per
+image, see benchmarks/README.md "Data pipeline").
+
 Determinism: a :class:`BatchTransform` is called with the batch's images and a seed. Before the
 batch, the whole ``Compose`` gets ONE fresh ``numpy.random.Generator`` and ``random.Random``
 derived from that seed (``Compose.set_random_state``), shared by all its transforms. So the
@@ -30,13 +35,13 @@ import albumentations as A  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from albumentations.pytorch import ToTensorV2  # noqa: E402
 
 MODES = ("v1_train", "v2_train", "eval")
+_INV_HALF_RANGE = float(np.float32(1 / 127.5))
 
 
 class BatchTransform:
-    """Applies an albumentations pipeline to a list of RGB uint8 images -> float32 [B,3,H,W]."""
+    """Applies an albumentations pipeline to a list of RGB uint8 images -> float32 [B,3,H,W] in [-1, 1]."""
 
     def __init__(self, compose: A.Compose, mode: str, image_size: int):
         self.compose = compose
@@ -44,12 +49,38 @@ class BatchTransform:
         self.image_size = image_size
 
     def __call__(self, images: Sequence[np.ndarray], seed: int | Sequence[int] = 0) -> torch.Tensor:
+        """float32 [B,3,H,W] in [-1, 1] (what the models take)."""
+        return to_unit_range(self.as_uint8(images, seed))
+
+    def as_uint8(self, images: Sequence[np.ndarray], seed: int | Sequence[int] = 0) -> torch.Tensor:
+        """The same augmented batch as uint8 [B,3,H,W] (contiguous), before the [-1, 1] conversion.
+
+        The training streams ship this: a quarter of the bytes through the DataLoader's shared
+        memory and the host-to-device copy, converted where the step runs (:func:`to_model_input`).
+        """
         ss = np.random.SeedSequence(seed)
         py_seed = int(ss.generate_state(2, dtype=np.uint64)[0])
         self.compose.set_random_state(np.random.default_rng(ss), random.Random(py_seed))
         if not images:
-            return torch.empty(0, 3, self.image_size, self.image_size)
-        return torch.stack([self.compose(image=img)["image"] for img in images])
+            return torch.empty(0, 3, self.image_size, self.image_size, dtype=torch.uint8)
+        batch = np.stack([self.compose(image=img)["image"] for img in images])
+        return torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()
+
+
+def to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [B,3,H,W] -> float32 in [-1, 1]: (v - 127.5) · (1 / 127.5) in float32, bit for bit what
+    albumentations' ``Normalize(0.5, 0.5)`` computed per image, on whatever device ``images`` is."""
+    return images.to(torch.float32).sub_(127.5).mul_(_INV_HALF_RANGE)
+
+
+def to_model_input(images: torch.Tensor, device: torch.device,
+                   memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """A batch's images on ``device`` as model input: uint8 batches (training streams) are copied
+    as uint8 and converted there; float batches (evaluation, tests) are only moved."""
+    x = images.to(device, non_blocking=True)
+    if x.dtype == torch.uint8:
+        x = to_unit_range(x)
+    return x.contiguous(memory_format=memory_format)
 
 
 def _interpolation(source_size: int | None, image_size: int) -> int:
@@ -64,14 +95,13 @@ def build_transform(mode: str, image_size: int, source_size: int | None = None,
     if mode not in MODES:
         raise ValueError(f"transform mode {mode!r}: expected one of {', '.join(MODES)}")
     interp = _interpolation(source_size, image_size)
-    resize = A.Resize(image_size, image_size, interpolation=interp)
-    tail = [A.Normalize(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), max_pixel_value=255.0), ToTensorV2()]
+    resize = [A.Resize(image_size, image_size, interpolation=interp)]
     if mode == "v1_train":
-        steps = [A.HorizontalFlip(p=0.5), resize]
+        steps = [A.HorizontalFlip(p=0.5), *resize]
     elif mode == "v2_train":
         crop = A.RandomResizedCrop(size=(image_size, image_size), scale=(0.8, 1.0), ratio=(0.9, 1.1),
                                    interpolation=interp, p=randcrop_prob)
-        steps = [crop, resize, A.HorizontalFlip(p=0.5)]
+        steps = [crop, *resize, A.HorizontalFlip(p=0.5)]
     else:
-        steps = [resize]
-    return BatchTransform(A.Compose(steps + tail), mode, image_size)
+        steps = resize
+    return BatchTransform(A.Compose(steps), mode, image_size)

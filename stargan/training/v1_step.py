@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.autograd.profiler import record_function
 
 from stargan.config import TrainConfig
+from stargan.data.transforms import to_model_input
 from stargan.losses import (domain_cls_loss, gradient_penalty, interpolate, interpolation_weights, l1, wgan_d_loss,
                             wgan_g_loss)
 from stargan.models.ops import apply_backend_flags, compile_module, set_fast_ops
@@ -102,7 +103,8 @@ def _no_sync(module: nn.Module) -> None:
 def train_step(nets: V1Nets, optims: V1Optims, batch: dict, cfg: TrainConfig, step: int, layout: LabelLayout,
                dataset_idx: int = 0, sync_grads: SyncGrads = _no_sync,
                generator: torch.Generator | None = None) -> dict[str, float]:
-    """One iteration on one dataset's batch (``image`` [B,3,H,W] in [-1,1], ``label`` [B,L]).
+    """One iteration on one dataset's batch (``image`` [B,3,H,W] in [-1,1], or uint8 0..255 as the
+    training stream ships it; ``label`` [B,L]).
 
     Returns the named scalars ``D/...`` (every step), ``G/...`` (on G steps), ``lr/g``, ``lr/d``.
     All randomness (target permutation, GP interpolation) comes from ``generator``, or the
@@ -112,7 +114,7 @@ def train_step(nets: V1Nets, optims: V1Optims, batch: dict, cfg: TrainConfig, st
     G, D = nets.G, nets.D
     device = next(G.parameters()).device
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    x_real = batch["image"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
+    x_real = to_model_input(batch["image"], device, memory_format)
     label_org = layout.dataset_labels(dataset_idx, batch["label"].to(device, non_blocking=True))
     label_trg = layout.sample_targets(dataset_idx, label_org, generator)
     c_org = layout.to_model_label(dataset_idx, label_org)

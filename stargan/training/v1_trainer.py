@@ -51,7 +51,8 @@ class V1Trainer:
     def _open_streams(self, start: int) -> None:
         t = self.cfg.train
         self._iters = [iter(make_loader(train_stream(d, t, rank=self.ctx.rank, world_size=self.ctx.world_size,
-                                                     start_batch=start), t.loader_workers)) for d in self.dirs]
+                                                     start_batch=start), t.loader_workers,
+                                       pin_memory=self.ctx.device.type == "cuda")) for d in self.dirs]
 
     def train_step(self, step: int) -> dict[str, float]:
         if self._iters is None:

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.profiler import record_function
 
 from stargan.config import TrainConfig
+from stargan.data.transforms import to_model_input
 from stargan.losses import diversity_loss, l1, lambda_ds_at, nonsat_loss, r1_penalty
 from stargan.models.v2 import V2Nets, V2Optims
 from stargan.training.ema import update_ema
@@ -157,7 +158,8 @@ def train_step(nets: V2Nets, optims: V2Optims, batch: dict[str, Tensor], cfg: Tr
                generator: torch.Generator | None = None) -> dict[str, float]:
     """One iteration; ``step`` is the 0-based index of this iteration (steps already done).
 
-    ``batch``: ``x_src, y_src, x_ref, x_ref2, y_ref`` (y int64 domain indices); the target domain is
+    ``batch``: ``x_src, y_src, x_ref, x_ref2, y_ref`` (images float in [-1, 1] or uint8 0..255 as the
+    training stream ships them; y int64 domain indices); the target domain is
     the reference's (``y_trg := y_ref``). z, z2 ~ N(0, I) are drawn from ``generator``.
     Raises :class:`NonFiniteLossError` before the optimizer step of the phase whose loss is not
     finite (earlier phases of this iteration have already been applied).
@@ -167,8 +169,7 @@ def train_step(nets: V2Nets, optims: V2Optims, batch: dict[str, Tensor], cfg: Tr
         raise KeyError(f"v2 batch lacks {missing}; expected keys {BATCH_KEYS}")
     mf = torch.channels_last if cfg.channels_last else torch.contiguous_format
     dev = next(nets.G.parameters()).device            # loader batches arrive on the CPU
-    x_real, x_ref, x_ref2 = (batch[k].to(dev, non_blocking=True).contiguous(memory_format=mf)
-                             for k in ("x_src", "x_ref", "x_ref2"))
+    x_real, x_ref, x_ref2 = (to_model_input(batch[k], dev, mf) for k in ("x_src", "x_ref", "x_ref2"))
     y_org, y_trg = (batch[k].to(dev, non_blocking=True).long() for k in ("y_src", "y_ref"))
     b = x_real.size(0)
     z_dev = generator.device if generator is not None else dev   # a CPU generator may drive CUDA

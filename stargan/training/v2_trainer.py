@@ -36,7 +36,8 @@ class V2Trainer:
     def train_step(self, step: int) -> dict[str, float]:
         if self._iter is None:
             self.stream.start_batch = step
-            self._iter = iter(make_loader(self.stream, self.cfg.train.loader_workers))
+            self._iter = iter(make_loader(self.stream, self.cfg.train.loader_workers,
+                                          pin_memory=self.ctx.device.type == "cuda"))
         return v2_step.train_step(self.nets, self.optims, next(self._iter), self.cfg.train, step, self.sync, self.gen)
 
     def _modules(self) -> dict:
