@@ -9,7 +9,8 @@ dvc.yaml and pipelines/, a symlink to stargan/ so the code deps hash, tiny param
   shard stage's process and only with an env var) so the kill lands while parquet files are being
   written; the rerun redoes the stage and the shards are byte-identical.
 - train: the kill lands after the first Ray Train checkpoint; the rerun resumes the same Ray Train
-  run (its name comes from the params and the shards' checksums, ray_train.run_name_for) from that
+  run (its name comes from the params, the shards' checksums and the training code,
+  ray_train.run_name_for) from that
   checkpoint, and the final checkpoint's tensors are bit-identical to an uninterrupted run's;
   MLflow holds each logged step once.
 """

@@ -2,9 +2,11 @@
 
 The driver (a DVC stage, ``stargan train``, or a ``ray job submit`` entry point) calls :func:`fit`:
 it opens the MLflow run, starts or joins the Ray cluster, and lets Ray Train restart dead workers
-from the last checkpoint (``FailureConfig``). The run name is derived from the config and the
-shards' checksums, and Ray Train resumes a run of the same name and storage path, so re-running an
-interrupted ``dvc repro`` picks up from the last checkpoint instead of starting over.
+from the last checkpoint (``FailureConfig``). The run name is derived from the config, the
+shards' checksums and the training code, and Ray Train resumes a run of the same name and storage
+path, so re-running an interrupted ``dvc repro`` picks up from the last checkpoint instead of
+starting over, while a changed loss or model (which DVC sees as a changed dependency of ``train``)
+trains anew instead of "resuming" the finished run of the old code.
 """
 from __future__ import annotations
 
@@ -38,9 +40,29 @@ def shard_dirs(cfg: Config, repo_root: Path) -> dict[str, Path]:
     return {name: (repo_root / cfg.data.root / "shards" / name).resolve() for name in cfg.train.datasets}
 
 
+#: The package sources a trained model depends on (dvc.yaml's ``train`` deps, plus the decoder and
+#: the config defaults), relative to the package folder.
+TRAINING_CODE = ("training", "models", "losses.py", "config.py", "data/loader.py", "data/transforms.py",
+                 "data/imageio.py")
+
+
+def training_code_digest(package: Path | None = None) -> str:
+    """sha256 over the training code's ``.py`` files (path and bytes, in sorted order) of
+    ``package`` (default: this installed ``stargan``)."""
+    package = package or Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for entry in TRAINING_CODE:
+        path = package / entry
+        for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            h.update(f.relative_to(package).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
 def run_name_for(cfg: Config, repo_root: Path) -> str:
-    """Same config + same shards -> same name (Ray resumes it); anything else -> a new run."""
+    """Same config + same shards + same training code -> same name (Ray resumes it); anything
+    else -> a new run."""
     h = hashlib.sha256(json.dumps(cfg.to_dict()["train"], sort_keys=True).encode())
+    h.update(training_code_digest().encode())
     for name, d in sorted(shard_dirs(cfg, repo_root).items()):
         manifest = d / "manifest.json"
         if not manifest.exists():
