@@ -19,10 +19,10 @@ and every stage that writes one calls :func:`encode_image` (or :func:`encode_png
 
 The training loaders read images the shard stage wrote itself (8-bit RGB PNG or baseline JPEG,
 no metadata): :func:`decode_shard_image` decodes those with OpenCV straight to RGB, about twice
-as fast as the general path and bit-identical to it on such files (checked on all 9,392 shard images
-of the default synthetic sets and of the 4,000-image CelebA sample at 128 and 256 px), and hands anything else -
-another PNG colour type, a JPEG without its end marker, a file OpenCV refuses - to
-:func:`decode_image`, so a bad shard still fails with its message.
+as fast as the general path and bit-identical to it on such files (checked on all 9,392 shard
+images of the default synthetic sets and of the 4,000-image CelebA sample at 128 and 256 px), and
+hands anything else - another PNG colour type, a JPEG without its end marker, a file OpenCV
+refuses - to :func:`decode_image`, so a bad shard still fails with its message.
 
 Encoding is deterministic: the same array gives the same bytes (no timestamps or metadata
 chunks are written).

@@ -10,9 +10,9 @@ The official pipelines (torchvision), rebuilt with albumentations:
 - ``eval``: resize -> normalise, nothing random.
 
 Only the per-image, random or geometric steps run through albumentations; the uint8 -> [-1, 1]
-float conversion runs once per batch on the stacked array (what ``Normalize(0.5, 0.5)`` +
-``ToTensorV2`` did per image, in one vectorised pass: at 128 px it was half of a worker's time per
-image, see benchmarks/README.md "Data pipeline").
+float conversion (what ``Normalize(0.5, 0.5)`` + ``ToTensorV2`` did per image, at 128 px half of a
+loader worker's time, see benchmarks/README.md "Data pipeline") runs once per batch: here for
+evaluation, on the training device for the training streams (:func:`to_model_input`).
 
 Determinism: a :class:`BatchTransform` is called with the batch's images and a seed. Before the
 batch, the whole ``Compose`` gets ONE fresh ``numpy.random.Generator`` and ``random.Random``
@@ -95,13 +95,13 @@ def build_transform(mode: str, image_size: int, source_size: int | None = None,
     if mode not in MODES:
         raise ValueError(f"transform mode {mode!r}: expected one of {', '.join(MODES)}")
     interp = _interpolation(source_size, image_size)
-    resize = [A.Resize(image_size, image_size, interpolation=interp)]
+    resize = A.Resize(image_size, image_size, interpolation=interp)
     if mode == "v1_train":
-        steps = [A.HorizontalFlip(p=0.5), *resize]
+        steps = [A.HorizontalFlip(p=0.5), resize]
     elif mode == "v2_train":
         crop = A.RandomResizedCrop(size=(image_size, image_size), scale=(0.8, 1.0), ratio=(0.9, 1.1),
                                    interpolation=interp, p=randcrop_prob)
-        steps = [crop, *resize, A.HorizontalFlip(p=0.5)]
+        steps = [crop, resize, A.HorizontalFlip(p=0.5)]
     else:
-        steps = resize
+        steps = [resize]
     return BatchTransform(A.Compose(steps), mode, image_size)
