@@ -8,8 +8,9 @@ of the change itself (an RaFD-like expression changes 0.021 of the image, see me
 
 - ``shards``: the pipeline's RaFD-like shards (data/shards/rafd: 20 train identities x 8
   expressions, test = unseen identities) — run ``dvc repro shard`` first;
-- ``generated N``: N fresh RaFD-like identities rendered like the synthetic set (96 px canvas ->
-  64 -> 32 px), tested on 8 other identities.
+- ``generated N``: an RaFD-like set of N identities written by the synthetic-data writer itself
+  (96 px JPEGs, then 64 -> 32 px as align and the loader do), tested on a set of 8 identities
+  written with another seed.
 
     python benchmarks/reconstruction_floor.py shards [steps] [conv_dim] [repeat_num]
     python benchmarks/reconstruction_floor.py generated 200 [steps] [conv_dim] [repeat_num]
@@ -17,31 +18,31 @@ of the change itself (an RaFD-like expression changes 0.021 of the image, see me
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
-from stargan.data.formats import RAFD_EXPRESSIONS
+from stargan.config import SyntheticConfig
+from stargan.data.imageio import decode_image
 from stargan.data.loader import iter_split
-from stargan.data.synthetic.face import HAIR_COLOURS, FaceParams, sample_traits, studio_pose
-from stargan.data.synthetic.render import render
+from stargan.data.synthetic import write_rafd_like
+from stargan.data.transforms import to_unit_range
 from stargan.models.v1 import Generator
 
 
-def _generated(n: int, first_identity: int, rng: np.random.Generator) -> torch.Tensor:
-    out = []
-    for i in range(n):
-        traits = sample_traits(rng)
-        hair = HAIR_COLOURS[int(rng.integers(3))]
-        for expression in RAFD_EXPRESSIONS:
-            p = FaceParams(identity=first_identity + i, **traits, **studio_pose(), hair=hair, male=bool(i % 2),
-                           young=True, eyeglasses=False, expression=expression)
-            img = cv2.resize(render(p, 96)[0], (64, 64), interpolation=cv2.INTER_AREA)
-            img = cv2.resize(img, (32, 32), interpolation=cv2.INTER_AREA)
-            out.append(torch.from_numpy(img).permute(2, 0, 1).float() / 127.5 - 1)
-    return torch.stack(out)
+def _generated(identities: int, seed: int) -> torch.Tensor:
+    """[identities x 8, 3, 32, 32] in [-1, 1]: the synthetic RaFD-like set at the training size."""
+    with tempfile.TemporaryDirectory() as tmp:
+        write_rafd_like(Path(tmp) / "rafd", SyntheticConfig(seed=seed, rafd_identities=identities))
+        out = []
+        for f in sorted((Path(tmp) / "rafd").glob("*/*.jpg")):
+            img = cv2.resize(decode_image(f), (64, 64), interpolation=cv2.INTER_AREA)
+            out.append(cv2.resize(img, (32, 32), interpolation=cv2.INTER_AREA))
+    return to_unit_range(torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2))
 
 
 def main(argv: list[str]) -> None:
@@ -51,8 +52,7 @@ def main(argv: list[str]) -> None:
         test = torch.cat([b["image"] for b in iter_split("data/shards/rafd", "test", 256, 32)])
         rest = argv[1:]
     else:
-        rng = np.random.default_rng(1)
-        train, test = _generated(int(argv[1]), 0, rng), _generated(8, 1000, rng)
+        train, test = _generated(int(argv[1]), seed=1), _generated(8, seed=1000)
         rest = argv[2:]
     steps, conv, repeat = (int(v) for v in (rest + ["3000", "16", "2"][len(rest):]))
     G = Generator(conv, 15, repeat)
