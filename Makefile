@@ -2,8 +2,14 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-export RAY_USAGE_STATS_ENABLED=0 MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=true DVC_NO_ANALYTICS=1 \
-       NO_ALBUMENTATIONS_UPDATE=1 RAY_AUTH_MODE=disabled TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1
+# One variable per line: `export A=1 B=2` would set A to "1 B=2" and leave B unset.
+export RAY_USAGE_STATS_ENABLED = 0
+export MLFLOW_DISABLE_TELEMETRY = true
+export DO_NOT_TRACK = true
+export DVC_NO_ANALYTICS = 1
+export NO_ALBUMENTATIONS_UPDATE = 1
+export RAY_AUTH_MODE = disabled
+export TUNE_DISABLE_AUTO_CALLBACK_LOGGERS = 1
 
 .PHONY: setup repro test test-fast clean
 

@@ -21,7 +21,7 @@ def main(cfg, root: Path) -> None:
         raw = data / "raw" / name
         if not raw.exists():
             raise DataFormatError(f"{raw}: missing; run the download stage first (dvc repro download)")
-        index = read_dataset(raw, spec.layout, spec.attributes, name)
+        index = read_dataset(raw, spec.layout, spec.attributes, name, spec.missing)
         out = data / "aligned" / name
         rep = align_dataset(index, out, cfg.align, spec)
         print(f"[align] {name}: {rep['accepted']} accepted, {len(rep['rejected'])} rejected of {rep['total']} "

@@ -9,7 +9,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from stargan.stage import run_stage, write_json
+from stargan.files import write_json
+from stargan.stage import run_stage
 
 
 def main(cfg, root: Path) -> None:

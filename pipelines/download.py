@@ -2,8 +2,9 @@
 
 Reads params `data`, `synthetic`, `download`. Each dataset is generated (source: synthetic),
 downloaded from its official URL (celeba, celeba_hq, afhq, afhq_v2; resumable, checksummed) or
-taken from a local folder/archive (rafd, local), then parsed once with its layout's reader so a
-broken dataset fails here, with the file and the fix named, rather than two stages later.
+taken from a local folder/archive (rafd, local). The library parses each with its layout's reader
+before it replaces data/raw/<name>, so a broken dataset fails here, with the user's file and the
+fix named, rather than two stages later; this script reports what came out.
 
     python pipelines/download.py [--params params.yaml] [-S data.datasets.celeba.source=local ...]
 """
@@ -27,14 +28,15 @@ def describe(index) -> str:
 
 def main(cfg, root: Path) -> None:
     from stargan.data.download import fetch_all
-    from stargan.data.formats import read_dataset
+    from stargan.data.formats import first_names
 
-    results = fetch_all(cfg, base_dir=root)
-    for name, res in results.items():
-        spec = cfg.data.datasets[name]
-        index = read_dataset(Path(res["root"]), spec.layout, spec.attributes, name)
+    for name, res in fetch_all(cfg, base_dir=root).items():
+        index = res["index"]
         print(f"[download] {name}: {res['status']}, {res['source']} ({res['layout']} layout), "
               f"{res['bytes'] / 2**20:.1f} MiB, sha256 {res['sha256'][:12]}...: {describe(index)}")
+        if index.skipped:
+            print(f"[download] {name}: left out {len(index.skipped)} listed image(s) that are not in the source "
+                  f"(missing: skip): {first_names(index.skipped)}; recorded in {Path(res['root']) / 'SOURCE.json'}")
 
 
 if __name__ == "__main__":

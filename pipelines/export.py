@@ -10,32 +10,23 @@ import json
 import sys
 from pathlib import Path
 
-from stargan.stage import run_stage, write_json
+from stargan.files import write_json
+from stargan.stage import run_stage
 
 
 def main(cfg, root: Path) -> None:
-    from stargan.export import ExportError, export_model
-    from stargan.inference import load_model
+    from stargan.export import export_checkpoint
 
     e = cfg.export
-    ckpt = root / cfg.train.output_dir / "checkpoint.pt"
-    out = root / e.output_dir
-    try:
-        report = export_model(load_model(ckpt), out, parity_atol=e.parity_atol, exporter=e.onnx_exporter,
-                              latency_reps=e.latency_reps)
-    except ExportError as err:
-        print(f"[export] error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    report, reg = export_checkpoint(cfg, root, root / cfg.train.output_dir / "checkpoint.pt", register=e.register)
     summary = {"parity_max": report["parity_max"]}
     for g, entry in report["graphs"].items():
         summary.update({f"{g}/latency_ms/{k}": v for k, v in entry["latency_ms"].items()})
-    print(f"[export] {', '.join(report['graphs'])} -> {out} (max parity diff {report['parity_max']:.2g} "
-          f"<= {e.parity_atol:g}); latency ms: " + json.dumps({k: v for k, v in summary.items() if "batch" in k}))
-    if e.register:
-        from stargan.registry import register
-
-        reg = register(ckpt, cfg, root, export_dir=out, eval_json=root / "metrics" / "eval.json")
-        write_json(out / "registry.json", reg.to_dict())
+    print(f"[export] {', '.join(report['graphs'])} -> {root / e.output_dir} (max parity diff "
+          f"{report['parity_max']:.2g} <= {e.parity_atol:g}); latency ms: "
+          + json.dumps({k: v for k, v in summary.items() if "batch" in k}))
+    if reg is not None:
+        write_json(root / e.output_dir / "registry.json", reg.to_dict())
         summary.update({"registered_version": int(reg.version), "alias_moved": int(reg.alias_moved)})
     write_json(root / "metrics" / "export.json", summary)
 

@@ -1,7 +1,7 @@
 """DVC stage `train`: shards -> trained checkpoint, on Ray Train, tracked in MLflow.
 
-Reads params `train` (+ `data.datasets` names, `tune.enabled`: then the λs in models/tune/best.json,
-written by the `tune` stage, override params.yaml's); writes train.output_dir/checkpoint.pt,
+Reads params `train` and tuned.yaml (the sweep's best value for each loss weight set to `tuned`;
+a number in params.yaml trains as written); writes train.output_dir/checkpoint.pt,
 metrics/train.json and plots/train_loss.csv. With train.ray.address (or RAY_ADDRESS) set, the
 training runs on that Ray cluster and this stage waits for it.
 """
@@ -12,17 +12,13 @@ import json
 import sys
 from pathlib import Path
 
-from stargan.stage import run_stage, write_json
+from stargan.files import write_json
+from stargan.stage import run_stage
 
 
 def main(cfg, root: Path) -> None:
     from stargan.training.ray_train import fit
-    from stargan.tuning import apply_best
 
-    cfg, applied = apply_best(cfg, root / "models" / "tune" / "best.json")
-    if applied:
-        print("[train] applying the sweep's best loss weights (models/tune/best.json): "
-              + ", ".join(f"{k}={v:.4g}" for k, v in applied.items()))
     out = fit(cfg, root)
     rows = [json.loads(ln) for ln in out.history.read_text().splitlines() if ln.strip()] if out.history.exists() else []
     keys = sorted({k for r in rows for k in r if k != "step"})

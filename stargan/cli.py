@@ -6,7 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from stargan.stage import QUIET_ENV, expected_errors
+from stargan.errors import one_line
+from stargan.stage import EXPECTED_ERRORS, QUIET_ENV
 
 
 def _load(args: argparse.Namespace):
@@ -97,55 +98,48 @@ def cmd_translate(args: argparse.Namespace) -> int:
             configured = _load(args).train.mlflow.tracking_uri if params.exists() else None
             tracking_uri = resolve_tracking_uri(configured, params.resolve().parent)
         model = load_any(args.model, tracking_uri)
-        done = translate_files(model, list_inputs(args.input), args.target, args.out, align=not args.no_align,
-                               seed=args.seed, reference=args.reference)
+        inputs = list_inputs(args.input)
+        done, skipped = translate_files(model, inputs, args.target, args.out, align=not args.no_align,
+                                        seed=args.seed, reference=args.reference)
+        if len(inputs) == 1 and skipped:
+            raise TranslateError(skipped[0].reason)
     except TranslateError as e:
         print(f"stargan translate: error: {e}", file=sys.stderr)
         return 2
     for d in done:
         print(f"{d.input} -> {', '.join(str(p) for p in d.outputs)} (grid: {d.grid}; {d.method})")
+    for s in skipped:
+        print(f"stargan translate: skipped: {s.reason}", file=sys.stderr)
+    if skipped:
+        print(f"stargan translate: translated {len(done)} of {len(inputs)} photos; {len(skipped)} skipped "
+              "(listed above)", file=sys.stderr)
+        return 2 if not done else 1
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from stargan.export import ExportError, export_model
-    from stargan.inference import load_model
+    from stargan.export import export_checkpoint
 
     cfg = _load(args)
     root = Path(args.params).resolve().parent
-    e = cfg.export
     ckpt = Path(args.checkpoint) if args.checkpoint else root / cfg.train.output_dir / "checkpoint.pt"
-    try:
-        report = export_model(load_model(ckpt), root / e.output_dir, parity_atol=e.parity_atol,
-                              exporter=e.onnx_exporter, latency_reps=e.latency_reps)
-    except ExportError as err:
-        print(f"stargan export: error: {err}", file=sys.stderr)
-        return 2
-    out = {"export_dir": str(root / e.output_dir), "parity_max": report["parity_max"]}
-    if e.register and not args.no_register:
-        from stargan.registry import register
-
-        out["registry"] = register(ckpt, cfg, root, export_dir=root / e.output_dir,
-                                   eval_json=root / "metrics" / "eval.json").to_dict()
+    report, reg = export_checkpoint(cfg, root, ckpt, register=cfg.export.register and not args.no_register)
+    out = {"export_dir": str(root / cfg.export.output_dir), "parity_max": report["parity_max"]}
+    if reg is not None:
+        out["registry"] = reg.to_dict()
     print(json.dumps(out, indent=2))
     return 0
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from stargan.stage import write_json
-    from stargan.tuning import TuneError, metrics_summary, run_sweep
+    from stargan.tuning import run_sweep, write_outputs
 
     cfg = _load(args)
     root = Path(args.params).resolve().parent
-    try:
-        best = run_sweep(cfg, root)
-    except TuneError as e:
-        print(f"stargan tune: error: {e}", file=sys.stderr)
-        return 2
-    write_json(root / "models" / "tune" / "best.json", best)
-    write_json(root / "metrics" / "tune.json", metrics_summary(best))
-    print(json.dumps({k: best.get(k) for k in ("name", "best", "best_value", "objective", "mlflow_parent_run_id")},
-                     indent=2))
+    best = run_sweep(cfg, root)
+    write_outputs(best, root)
+    print(json.dumps({k: best.get(k) for k in ("name", "searched", "best", "best_value", "objective",
+                                               "mlflow_parent_run_id")}, indent=2))
     return 0
 
 
@@ -190,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--no-register", action="store_true", help="export files only, no MLflow")
     ex.set_defaults(func=cmd_export)
 
-    tu = with_params(sub.add_parser("tune", help="Ray Tune sweep over the loss weights -> models/tune/best.json"))
+    tu = with_params(sub.add_parser("tune", help="Ray Tune sweep over the loss weights set to 'tuned' -> tuned.yaml"))
     tu.set_defaults(func=cmd_tune)
 
     bench = sub.add_parser("bench", help="benchmarks that write JSON")
@@ -225,8 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except expected_errors() as e:
-        print(f"stargan {args.command}: error: {e}", file=sys.stderr)
+    except EXPECTED_ERRORS as e:
+        print(f"stargan {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
 
 

@@ -20,21 +20,30 @@ from typing import Any
 
 import yaml
 
+from stargan.errors import StarganError
+
 SOURCES = ("synthetic", "celeba", "celeba_hq", "afhq", "afhq_v2", "rafd", "local")
+#: A loss weight set to this string trains with the sweep's best value, read from TUNED_FILE.
+TUNED = "tuned"
+#: Written by the tune stage beside params.yaml (a DVC params file of the train stage).
+TUNED_FILE = "tuned.yaml"
+#: The loss weights a sweep may search, per model (those set to TUNED are searched).
+SWEEPABLE = {"v1": ("lambda_cls", "lambda_rec"), "v2": ("lambda_sty", "lambda_ds")}
 LAYOUTS = ("celeba", "rafd", "folders")
 
 
-class ConfigError(ValueError):
+class ConfigError(StarganError, ValueError):
     """A params file (or override) that cannot be used; the message says where and how to fix it."""
 
 
 def _meta(*, choices: tuple | None = None, lo: float | None = None, hi: float | None = None,
-          doc: str = "") -> dict:
-    return {"choices": choices, "lo": lo, "hi": hi, "doc": doc}
+          doc: str = "", tunable: bool = False) -> dict:
+    return {"choices": choices, "lo": lo, "hi": hi, "doc": doc, "tunable": tunable}
 
 
 def knob(default: Any, **meta: Any) -> Any:
-    """A field with validation metadata (``choices``, ``lo``, ``hi``) and a default."""
+    """A field with validation metadata (``choices``, ``lo``, ``hi``; ``tunable``: a loss weight that
+    may also be the string :data:`TUNED`) and a default."""
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: json.loads(json.dumps(d)), metadata=_meta(**meta))
     return field(default=default, metadata=_meta(**meta))
@@ -59,6 +68,13 @@ class DatasetSpec:
                                     "AFHQ): centre crop instead of the landmark transform")
     crop: int = knob(0, lo=0, doc="centre crop size in raw pixels for aligned sets "
                                   "(0 = the dataset's official crop)")
+    missing: str = knob("error", choices=("error", "skip"),
+                        doc="celeba layout: images the list files name but the image folder lacks fail the "
+                            "dataset (error), or are left out and reported (skip: counted and named by the "
+                            "download stage and in SOURCE.json; for a partial copy of CelebA). No effect on "
+                            "rafd/folders, where the images on disk are the listing")
+    follow_links: bool = knob(False, doc="source local folders: copy the targets of symbolic links that point "
+                                         "outside the folder (false refuses them; links inside are followed)")
 
 
 @dataclass
@@ -82,6 +98,12 @@ class DownloadConfig:
     timeout_s: float = knob(60.0, lo=1)
     retries: int = knob(5, lo=0, hi=100)
     cache_dir: str | None = knob(None, doc="keep downloaded archives here (default data/downloads)")
+    max_extract_bytes: int = knob(200 * 2**30, lo=1,
+                                  doc="refuse an archive whose members add up to more (200 GiB; CelebA-HQ "
+                                      "and AFHQ are a few GB, CelebA in-the-wild ~10 GB)")
+    max_compression_ratio: float = knob(100.0, lo=1,
+                                        doc="refuse an archive that unpacks to more than this many times its "
+                                            "size (image datasets are ~1:1; above 100 is a decompression bomb)")
 
 
 @dataclass
@@ -108,14 +130,17 @@ class ShardConfig:
 
 # ----------------------------------------------------------------------------------- models
 
+#: A loss weight the sweep may set: a number, or TUNED.
+_LOSS_WEIGHT = dict(lo=0, tunable=True, doc=f"a number, or '{TUNED}': the sweep's best value, from {TUNED_FILE}")
+
 @dataclass
 class V1Config:
     g_conv_dim: int = knob(64, lo=1)
     d_conv_dim: int = knob(64, lo=1)
     g_repeat_num: int = knob(6, lo=0)
     d_repeat_num: int = knob(6, lo=1)
-    lambda_cls: float = knob(1.0, lo=0)
-    lambda_rec: float = knob(10.0, lo=0)
+    lambda_cls: float | str = knob(1.0, **_LOSS_WEIGHT)
+    lambda_rec: float | str = knob(10.0, **_LOSS_WEIGHT)
     lambda_gp: float = knob(10.0, lo=0)
     n_critic: int = knob(5, lo=1)
     g_lr: float = knob(1e-4, lo=0)
@@ -139,8 +164,8 @@ class V2Config:
                                            "read on every build (never copied into checkpoints), so it must "
                                            "stay there for resume, evaluation and inference")
     lambda_reg: float = knob(1.0, lo=0)
-    lambda_sty: float = knob(1.0, lo=0)
-    lambda_ds: float = knob(1.0, lo=0)
+    lambda_sty: float | str = knob(1.0, **_LOSS_WEIGHT)
+    lambda_ds: float | str = knob(1.0, **_LOSS_WEIGHT)
     lambda_cyc: float = knob(1.0, lo=0)
     ds_iter: int = knob(100000, lo=1, doc="iterations over which lambda_ds decays linearly to 0")
     lr: float = knob(1e-4, lo=0)
@@ -217,9 +242,9 @@ class EvaluateConfig:
 
 @dataclass
 class TuneConfig:
-    enabled: bool = knob(True)
     num_samples: int = knob(4, lo=1)
     iters_per_trial: int = knob(60, lo=1)
+    # [low, high] searched for each loss weight that train.v1/v2 sets to 'tuned' (log-uniform)
     lambda_cls: list[float] = knob([0.5, 2.0])
     lambda_rec: list[float] = knob([5.0, 20.0])
     lambda_sty: list[float] = knob([0.5, 2.0])
@@ -298,6 +323,13 @@ def _type_name(tp: Any) -> str:
 
 
 def _convert(value: Any, tp: Any, key: str, meta: dict) -> Any:
+    if meta.get("tunable"):
+        if value == TUNED:
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number or '{TUNED}' (the sweep's best value, from "
+                              f"{TUNED_FILE}), got {value!r}")
+        tp = float
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -358,10 +390,17 @@ def _field_names(cls: type) -> str:
     return ", ".join(f.name for f in dataclasses.fields(cls))
 
 
+#: Keys that existed once, and what replaces them.
+REMOVED = {"tune.enabled": f"the sweep runs for the loss weights set to '{TUNED}' (train.v1.lambda_cls, ...); "
+                           "set them to numbers to train without a sweep"}
+
+
 def _build(cls: type, raw: dict, prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for k in raw:
+        if f"{prefix}.{k}" in REMOVED:
+            raise ConfigError(f"{prefix}.{k}: no longer a setting: {REMOVED[f'{prefix}.{k}']}")
         if k not in fields:
             near = difflib.get_close_matches(str(k), fields, n=1)
             hint = f" Did you mean '{near[0]}'?" if near else ""
@@ -383,6 +422,7 @@ def _cross_checks(cfg: Config) -> None:
         if name not in cfg.data.datasets:
             raise ConfigError(f"train.datasets: '{name}' is not a dataset; defined in data.datasets: "
                               f"{', '.join(cfg.data.datasets) or '(none)'}")
+    _check_image_size(cfg.train)
     if cfg.train.model == "v2" and len(cfg.train.datasets) > 1:
         raise ConfigError("train.datasets: StarGAN v2 trains on one dataset; the mask vector "
                           "(joint training) is a v1 feature. Keep one dataset or set train.model: v1")
@@ -390,6 +430,69 @@ def _cross_checks(cfg: Config) -> None:
         rng = getattr(cfg.tune, key)
         if len(rng) != 2 or rng[0] > rng[1]:
             raise ConfigError(f"tune.{key}: expected [low, high] with low <= high, got {rng}")
+
+
+def _check_image_size(t: TrainConfig) -> None:
+    """The sizes the networks can be built for (else training dies in the model constructor)."""
+    size = t.image_size
+    if t.model == "v1":
+        # G: two stride-2 downsamplings undone by two stride-2 upsamplings; D: d_repeat_num of them.
+        step = max(4, 2 ** t.v1.d_repeat_num)
+        if size % step:
+            ok = [s for s in range(step, 4 * step + 1, step) if s >= 16][:3]
+            raise ConfigError(f"train.image_size: {size} does not fit StarGAN v1 with train.v1.d_repeat_num="
+                              f"{t.v1.d_repeat_num}: it must be a multiple of {step} (e.g. "
+                              f"{', '.join(map(str, ok))}); or lower train.v1.d_repeat_num")
+    elif size < 16 or size & (size - 1):
+        raise ConfigError(f"train.image_size: {size} does not fit StarGAN v2: it must be a power of two "
+                          ">= 16 (16, 32, 64, 128, 256, ...)")
+
+
+def tuned_keys(cfg: Config) -> list[str]:
+    """Dotted keys of the trained model's loss weights set to :data:`TUNED` in params."""
+    model = cfg.train.model
+    section = getattr(cfg.train, model)
+    return [f"train.{model}.{k}" for k in SWEEPABLE[model] if getattr(section, k) == TUNED]
+
+
+def with_loss_weights(cfg: Config, values: dict[str, float]) -> Config:
+    """``cfg`` with the trained model's loss weights replaced (``{"lambda_rec": 87.8, ...}``)."""
+    model = cfg.train.model
+    section = dataclasses.replace(getattr(cfg.train, model), **{k: float(v) for k, v in values.items()})
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **{model: section}))
+
+
+def resolve_tuned(cfg: Config, tuned_file: str | Path) -> Config:
+    """``cfg`` with every loss weight set to :data:`TUNED` replaced by its value in ``tuned_file``
+    (written by the tune stage). What trains is then a plain number everywhere downstream (the
+    worker, the checkpoint, MLflow); a weight given as a number in params is never touched."""
+    keys = tuned_keys(cfg)
+    if not keys:
+        return cfg
+    path = Path(tuned_file)
+    fix = (f"run the sweep first (`dvc repro tune` or `stargan tune`), or set {', '.join(keys)} "
+           "to numbers in params.yaml")
+    if not path.exists():
+        raise ConfigError(f"{', '.join(keys)}: set to '{TUNED}' but {path} does not exist; {fix}")
+    raw = _read_mapping(path, f"; {fix}")
+    values = {}
+    for key in keys:
+        try:
+            value = _dig(raw, key)
+        except (KeyError, TypeError):
+            raise ConfigError(f"{key}: set to '{TUNED}' but {path} has no value for it; {fix}") from None
+        if value == TUNED:
+            raise ConfigError(f"{path}: {key} is '{TUNED}'; it must hold the sweep's number. {fix}")
+        values[key.rsplit(".", 1)[1]] = _convert(value, float, f"{path}: {key}", {"lo": 0})
+    return with_loss_weights(cfg, values)
+
+
+def loss_weights_summary(cfg: Config, tuned: list[str]) -> str:
+    """'lambda_cls=0.9203 (tuned.yaml), lambda_rec=5 (params)': what trains and where it came from."""
+    model = cfg.train.model
+    section = getattr(cfg.train, model)
+    return ", ".join(f"{k}={getattr(section, k):.6g} ({TUNED_FILE if f'train.{model}.{k}' in tuned else 'params'})"
+                     for k in SWEEPABLE[model])
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -419,17 +522,23 @@ def config_from_dict(raw: dict | None, overrides: list[str] | tuple[str, ...] = 
     return cfg
 
 
+def _read_mapping(path: Path, fix: str = "") -> dict:
+    """The top-level mapping of a YAML file; one-line :class:`ConfigError` when it is not one."""
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())}){fix}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level{fix}")
+    return raw
+
+
 def load_config(path: str | Path = "params.yaml", overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Load and validate a params file; every problem raises :class:`ConfigError` naming the key."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: no such params file (run from the repository root, or pass --params)")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    raw = _read_mapping(path)
     try:
         return config_from_dict(raw, overrides)
     except ConfigError as e:

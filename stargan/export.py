@@ -36,21 +36,48 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from stargan.config import Config
+from stargan.errors import StarganError
 from stargan.inference import Model, V1Model, V2Model
+from stargan.training.checkpoint import check_compatible, load_state
 
 EXPORTERS = ("dynamo", "legacy")
 MODEL_JSON = "model.json"
 REPORT_JSON = "export.json"
 
 
-class ExportError(RuntimeError):
+class ExportError(StarganError, RuntimeError):
     """The export cannot be trusted (parity failed) or could not be produced; the message says why."""
+
+
+def export_checkpoint(cfg: Config, repo_root: Path, checkpoint: Path, *, register: bool) -> tuple[dict, Any]:
+    """The export stage and ``stargan export``: export ``checkpoint`` to ``export.output_dir`` and,
+    with ``register``, log and register it in MLflow (:func:`stargan.registry.register`).
+
+    The checkpoint must be one the params describe (same model kind, sizes and labels): the
+    registered version is named, described and judged by these params, so a v2 checkpoint given
+    with v1 params is refused rather than registered under the wrong description.
+    Returns ``(export report, Registered or None)``."""
+    from stargan.inference import model_from_state
+
+    state = load_state(checkpoint)
+    check_compatible(state, cfg.to_dict(), what=f"export {checkpoint} with these params (--params)")
+    e = cfg.export
+    out = Path(repo_root) / e.output_dir
+    report = export_model(model_from_state(state), out, parity_atol=e.parity_atol, exporter=e.onnx_exporter,
+                          latency_reps=e.latency_reps)
+    if not register:
+        return report, None
+    from stargan.registry import register as register_version
+
+    return report, register_version(checkpoint, cfg, repo_root, export_dir=out,
+                                    eval_json=Path(repo_root) / "metrics" / "eval.json")
 
 
 # ------------------------------------------------------------------------------ graphs

@@ -41,6 +41,8 @@ import numpy as np
 import torch
 
 from stargan.config import Config
+from stargan.errors import StarganError
+from stargan.files import sha256_file
 
 TAG_OBJECTIVE = "stargan.objective"
 TAG_OBJECTIVE_KEY = "stargan.objective_key"
@@ -48,7 +50,7 @@ TAG_DECISION = "stargan.champion_decision"
 TAG_MOVED = "stargan.alias_moved"
 
 
-class RegistryError(RuntimeError):
+class RegistryError(StarganError, RuntimeError):
     """The model cannot be logged or registered; the message says why."""
 
 
@@ -200,12 +202,20 @@ def load_registered(uri: str, tracking_uri: str | None = None):
 
 # ------------------------------------------------------------------------------- champion
 
-def read_objective(eval_json: Path | None, key: str) -> float | None:
+def read_objective(eval_json: Path | None, key: str, checkpoint: Path | None = None) -> float | None:
     """``key`` from metrics/eval.json: a flat key (``counterfactual_l1``) or a path in nested
-    sections split on ``/`` or ``.``. None when the file or the key is missing, or not a number."""
+    sections split on ``/`` or ``.``. None when the file or the key is missing, or not a number,
+    or (given ``checkpoint``) when the file evaluated another checkpoint: a version is never
+    judged by another model's numbers."""
     if eval_json is None or not Path(eval_json).exists():
         return None
     data = json.loads(Path(eval_json).read_text())
+    if checkpoint is not None:
+        evaluated = (data.get("info") or {}).get("checkpoint_sha256") if isinstance(data, dict) else None
+        if evaluated != sha256_file(checkpoint):
+            print(f"[export] {eval_json} is not the evaluation of {checkpoint} (checkpoint sha256 "
+                  f"{evaluated or 'not recorded'}): its numbers are not used; run the evaluate stage on it")
+            return None
     candidates = [data.get(key) if isinstance(data, dict) else None]
     for sep in ("/", "."):
         node: Any = data
@@ -259,7 +269,8 @@ def register(checkpoint: Path, cfg: Config, repo_root: Path, *, export_dir: Path
 
     import stargan
     from stargan.inference import model_from_state
-    from stargan.tracking import ensure_experiment, resolve_artifact_root, resolve_tracking_uri, start_run
+    from stargan.tracking import (ensure_experiment, provenance_tags, resolve_artifact_root, resolve_tracking_uri,
+                                  start_run)
     from stargan.training.checkpoint import load_state
 
     e = cfg.export
@@ -278,9 +289,9 @@ def register(checkpoint: Path, cfg: Config, repo_root: Path, *, export_dir: Path
         exp_id = ensure_experiment(tracking_uri, cfg.train.mlflow.experiment,
                                    resolve_artifact_root(cfg.train.mlflow.artifact_root, repo_root))
         run_id = start_run(tracking_uri, exp_id, f"export-{cfg.train.model}-step{state.step}", {},
-                           tags={"stargan.model": cfg.train.model, "stargan.kind": "export"})
+                           tags={"stargan.model": cfg.train.model, "stargan.kind": "export"}, repo_root=repo_root)
 
-    objective = read_objective(eval_json, e.objective)
+    objective = read_objective(eval_json, e.objective, checkpoint)
     x = example_input(model)
     with tempfile.TemporaryDirectory() as tmp:
         slim = slim_checkpoint(state, Path(tmp))
@@ -304,7 +315,7 @@ def register(checkpoint: Path, cfg: Config, repo_root: Path, *, export_dir: Path
         champ_value = float(champ.tags[TAG_OBJECTIVE])
     moved, reason = decide(objective, champ.version if champ else None, champ_value, e.objective_mode, e.objective)
     tags = {TAG_OBJECTIVE_KEY: e.objective, TAG_DECISION: reason, TAG_MOVED: str(moved).lower(),
-            "stargan.step": str(state.step), "stargan.kind": model.kind}
+            "stargan.step": str(state.step), "stargan.kind": model.kind} | provenance_tags(repo_root)
     if objective is not None:
         tags[TAG_OBJECTIVE] = repr(objective)
     for k, v in tags.items():

@@ -4,33 +4,20 @@ while unexpected errors still show their traceback."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from stargan.config import Config, ConfigError, load_config
+from stargan.config import Config, load_config
+from stargan.errors import StarganError, one_line
 
 QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
              "DVC_NO_ANALYTICS": "1", "NO_ALBUMENTATIONS_UPDATE": "1", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
 
 
-def expected_errors() -> tuple[type[BaseException], ...]:
-    """Errors that mean "bad input or environment", reported as one line."""
-    from stargan.data.formats import DataFormatError
-    from stargan.training.checkpoint import CheckpointError
-    from stargan.training.errors import TrainingError
-
-    errs: list[type[BaseException]] = [ConfigError, DataFormatError, CheckpointError, TrainingError, FileNotFoundError]
-    for mod, name in (("stargan.data.download", "DownloadError"), ("stargan.data.archive", "ArchiveError"),
-                      ("stargan.data.shards", "ShardError"), ("stargan.data.align", "AlignError")):
-        try:
-            errs.append(getattr(__import__(mod, fromlist=[name]), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(errs)
+#: Errors that mean "bad input or environment", reported as one line (stargan/errors.py).
+EXPECTED_ERRORS = (StarganError, FileNotFoundError)
 
 
 def run_stage(name: str, body: Callable[[Config, Path], Any], argv: list[str] | None = None) -> int:
@@ -44,19 +31,7 @@ def run_stage(name: str, body: Callable[[Config, Path], Any], argv: list[str] | 
     try:
         cfg = load_config(args.params, args.set)
         body(cfg, Path(args.params).resolve().parent)
-    except expected_errors() as e:
-        print(f"[{name}] error: {e}", file=sys.stderr)
+    except EXPECTED_ERRORS as e:
+        print(f"[{name}] error: {one_line(e)}", file=sys.stderr)
         return 2
     return 0
-
-
-def write_json(path: str | Path, data: Any) -> Path:
-    """Atomic JSON write (temp file + rename), sorted keys for stable diffs."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
-    return path

@@ -62,6 +62,11 @@ class RunStorage:
         with self.filesystem.open_output_stream(path) as f:
             f.write(text.encode())
 
+    def delete(self, rel: str) -> None:
+        """Remove a small file if it is there."""
+        if self.exists(rel):
+            self.filesystem.delete_file(self._path(rel))
+
     def describe(self, rel: str = "") -> str:
         return str(self.local_root / rel) if self.local_root is not None else f"{self.uri.rstrip('/')}/{rel}"
 

@@ -27,18 +27,57 @@ import numpy as np
 DEFAULT_DB = "mlruns.db"
 
 
+def project_root(repo_root: Path) -> Path:
+    """The folder whose ``mlruns.db`` / ``mlartifacts`` hold this project's runs.
+
+    ``dvc exp run --temp`` and queued experiments run the stages in a copy of the repository
+    under ``<repo>/.dvc/tmp/exps/`` that DVC deletes afterwards; a store there would take the
+    experiment's runs and registered versions with it while ``dvc exp show`` keeps its metrics.
+    DVC passes the main repository's root to every stage as ``DVC_ROOT``: inside such a copy this
+    returns the same folder of the main repository; everywhere else ``repo_root`` itself.
+    """
+    repo_root = Path(repo_root).resolve()
+    main = os.environ.get("DVC_ROOT")
+    workspace = next((p for p in (repo_root, *repo_root.parents) if (p / ".dvc").is_dir()), None)
+    if not main or workspace is None or Path(main).resolve() == workspace:
+        return repo_root
+    mirrored = Path(main).resolve() / repo_root.relative_to(workspace)
+    return mirrored if mirrored.is_dir() else repo_root
+
+
 def resolve_tracking_uri(configured: str | None, repo_root: Path) -> str:
-    """Env ``MLFLOW_TRACKING_URI`` wins, then ``train.mlflow.tracking_uri``, then SQLite in the repo."""
+    """Env ``MLFLOW_TRACKING_URI`` wins, then ``train.mlflow.tracking_uri``, then SQLite in the
+    project (the main repository's, from a DVC experiment workspace: :func:`project_root`)."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or configured
     if uri:
         return uri
-    return f"sqlite:///{(repo_root / DEFAULT_DB).resolve()}"
+    return f"sqlite:///{project_root(repo_root) / DEFAULT_DB}"
 
 
 def resolve_artifact_root(artifact_root: str, repo_root: Path) -> str:
     if "://" in artifact_root:
         return artifact_root
-    return (repo_root / artifact_root).resolve().as_uri()
+    return (project_root(repo_root) / artifact_root).resolve().as_uri()
+
+
+def provenance_tags(repo_root: Path) -> dict[str, str]:
+    """Tags that join an MLflow run to the code and the DVC experiment that made it: the git
+    commit (the experiment's baseline under ``dvc exp run``), the DVC experiment name and stage."""
+    commit = os.environ.get("DVC_EXP_BASELINE_REV") or _git_head(repo_root)
+    tags = {"mlflow.source.git.commit": commit, "stargan.dvc_experiment": os.environ.get("DVC_EXP_NAME"),
+            "stargan.dvc_stage": os.environ.get("DVC_STAGE")}
+    return {k: v for k, v in tags.items() if v}
+
+
+def _git_head(repo_root: Path) -> str | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "-C", str(repo_root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -99,12 +138,15 @@ def ensure_experiment(tracking_uri: str, name: str, artifact_location: str) -> s
     return client.create_experiment(name, artifact_location=f"{artifact_location.rstrip('/')}/{name}")
 
 
-def start_run(tracking_uri: str, experiment_id: str, run_name: str, params: dict, tags: dict | None = None) -> str:
+def start_run(tracking_uri: str, experiment_id: str, run_name: str, params: dict, tags: dict | None = None,
+              repo_root: Path | None = None) -> str:
+    """A new run with ``params`` (flattened) and ``tags`` (+ :func:`provenance_tags` of ``repo_root``)."""
     from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
-    run = client.create_run(experiment_id, run_name=run_name, tags=tags or {})
+    tags = (provenance_tags(repo_root) if repo_root is not None else {}) | (tags or {})
+    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
     flat = [Param(k, str(v)[:6000]) for k, v in sorted(flatten(params).items())]
     for i in range(0, len(flat), 100):
         client.log_batch(run.info.run_id, params=flat[i:i + 100])

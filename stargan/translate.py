@@ -27,12 +27,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from stargan.errors import StarganError
 from stargan.inference import Model, V1Model, V2Model, v1_targets_from_names
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
 
-class TranslateError(ValueError):
+class TranslateError(StarganError, ValueError):
     """Bad input for a translation (no face, unknown domain, wrong model kind, unreadable image)."""
 
 
@@ -176,15 +177,23 @@ class Translated:
     method: str
 
 
+@dataclass
+class Skipped:
+    input: Path
+    reason: str        # one line: no face found, unreadable image, ...
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "+", text).strip("+")
 
 
 def translate_files(model: Model, inputs: Sequence[Path], targets: Sequence[str], out_dir: str | Path, *,
                     align: bool = True, seed: int | None = None, reference: str | Path | None = None
-                    ) -> list[Translated]:
+                    ) -> tuple[list[Translated], list[Skipped]]:
     """Translate every input image to every target; writes ``<stem>_<target>.png`` and
-    ``<stem>_grid.png`` (aligned input | outputs) into ``out_dir``."""
+    ``<stem>_grid.png`` (aligned input | outputs) into ``out_dir``. A photo that cannot be used
+    (no face, unreadable) is skipped with its reason and the others go on: one bad photo in a
+    folder of hundreds must not cost the rest. Bad targets or a bad reference fail at once."""
     from stargan.visualize import grid, save_png
 
     if model.kind == "v1" and (seed is not None or reference is not None):
@@ -198,9 +207,13 @@ def translate_files(model: Model, inputs: Sequence[Path], targets: Sequence[str]
     ref_x = prepare(reference, model, align=align)[1] if reference is not None else None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    done = []
+    done, skipped = [], []
     for path in inputs:
-        _, x = prepare(path, model, align=align)
+        try:
+            _, x = prepare(path, model, align=align)
+        except TranslateError as e:
+            skipped.append(Skipped(Path(path), str(e)))
+            continue
         xs = x.expand(len(targets), -1, -1, -1)
         if model.kind == "v1":
             y, method = translate_v1(model, xs, targets), "label"
@@ -218,4 +231,4 @@ def translate_files(model: Model, inputs: Sequence[Path], targets: Sequence[str]
         row = torch.cat([x, y.clamp(-1, 1)])
         g = save_png(out_dir / f"{path.stem}_grid.png", grid([row]))
         done.append(Translated(path, outs, g, method))
-    return done
+    return done, skipped

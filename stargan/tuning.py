@@ -1,5 +1,12 @@
 """Ray Tune search over the loss weights: λ_cls, λ_rec (v1) or λ_sty, λ_ds (v2).
 
+Which λs are searched is said in params: a loss weight set to ``tuned`` (``train.v1.lambda_rec:
+tuned``) is searched within its ``tune.<name>`` range, and a number is used as written, in every
+trial and in training. The stage writes the best values to ``tuned.yaml`` beside params.yaml,
+a DVC params file of the train stage, so ``dvc exp show`` / ``dvc params diff`` show the λs that
+trained, and :func:`stargan.config.resolve_tuned` puts them in place of ``tuned``. Nothing
+overrides a number the user set.
+
 Optuna proposes the λs (``OptunaSearch``, seeded by ``train.seed``), ASHA stops poor trials
 early. A trial trains with the project's worker loop (:func:`stargan.training.worker.run_worker`)
 for ``tune.iters_per_trial`` steps and, at each of its ``tune.reports_per_trial`` checkpoints,
@@ -25,122 +32,39 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
+import yaml
 
-from stargan.config import Config, config_from_dict
+from stargan.config import SWEEPABLE, TUNED_FILE, Config, config_from_dict, tuned_keys
+from stargan.errors import StarganError
 
-#: searched λ -> where it lives in params, per model
-SEARCH = {"v1": {"lambda_cls": "train.v1.lambda_cls", "lambda_rec": "train.v1.lambda_rec"},
-          "v2": {"lambda_sty": "train.v2.lambda_sty", "lambda_ds": "train.v2.lambda_ds"}}
+#: searchable λ -> where it lives in params, per model
+SEARCH = {model: {k: f"train.{model}.{k}" for k in names} for model, names in SWEEPABLE.items()}
+BEST_JSON = Path("models") / "tune" / "best.json"
 WORST = 1e9
 
 
-class TuneError(RuntimeError):
+class TuneError(StarganError, RuntimeError):
     """The sweep could not run or produced no usable trial; the message says why."""
 
 
-# ------------------------------------------------------------------------------ objective
-
-def quick_objective(model, cfg: Config, repo_root: Path, max_images: int) -> dict[str, float]:
-    """The evaluation package's quick objective (counterfactual error + target accuracy on val);
-    :func:`counterfactual_l1` while that package does not provide one."""
-    try:
-        from stargan.evaluation import quick_objective as evaluate
-    except ImportError:
-        evaluate = None
-    if evaluate is not None:
-        return {k: float(v) for k, v in evaluate(model, cfg, repo_root, max_images).items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    value = counterfactual_l1(model, cfg, repo_root, max_images)
-    return {"counterfactual_l1": value, "objective": value}
-
-
-def counterfactual_l1(model, cfg: Config, repo_root: Path, max_images: int) -> float:
-    """Mean L1 (in [-1, 1] units) between translations and the synthetic ground-truth
-    counterfactuals, over every test-time target, on the val split (else test) of the first
-    synthetic training dataset."""
-    import cv2
-
-    from stargan.data.align import warp
-    from stargan.data.loader import iter_split
-    from stargan.data.shards import read_manifest
-    from stargan.data.synthetic import counterfactual, render
-    from stargan.translate import latent
-
-    shard_root = repo_root / cfg.data.root / "shards"
-    size, canvas = cfg.train.image_size, cfg.synthetic.image_size
-    for di, name in enumerate(cfg.train.datasets):
-        d = shard_root / name
-        manifest = read_manifest(d)
-        split = "val" if manifest["counts"].get("val", {}).get("total") else "test"
-        errs: list[float] = []
-        seen = 0
-        for batch in iter_split(d, split, 16, size):
-            if not batch["extra"][0]:
-                break       # real data: no ground truth
-            n = min(len(batch["key"]), max_images - seen)
-            x, labels = batch["image"][:n], batch["label"][:n]
-            for names, target, y in _targets(model, di, labels, manifest["label_names"]):
-                out = _translate(model, x, target, y, latent)
-                for i in range(n):
-                    p = counterfactual(batch["extra"][i], names, target[i].tolist())
-                    truth = warp(render(p, canvas)[0], batch["matrix"][i].double().numpy(), cfg.align.image_size)
-                    if truth.shape[0] != size:
-                        truth = cv2.resize(truth, (size, size), interpolation=cv2.INTER_AREA)
-                    t = torch.from_numpy(truth).permute(2, 0, 1).float() / 127.5 - 1
-                    errs.append(float((out[i].clamp(-1, 1) - t).abs().mean()))
-            seen += n
-            if seen >= max_images:
-                break
-        if errs:
-            return float(np.mean(errs))
-    raise TuneError("the fallback objective needs a synthetic dataset (ground-truth counterfactuals); "
-                    "for real data install the evaluation package's quick_objective")
-
-
-def _targets(model, di: int, labels: torch.Tensor, label_names: list[str]):
-    """(label names, dataset-space targets [n, L], model-side target) per test-time target."""
-    if model.kind == "v1":
-        for _, t in model.layout.test_targets(di, labels):
-            yield label_names, t, model.layout.to_model_label(di, t)
-        return
-    dom = model.domains
-    for k in range(dom.num_domains):
-        t = labels.clone()
-        cols = dom.columns
-        if dom.binary:
-            t[:, cols[0]] = float(k)
-        elif dom.label_kind == "onehot":
-            t.zero_()
-            t[:, cols[k]] = 1.0
-        else:
-            t[:, cols] = 0.0
-            t[:, cols[k]] = 1.0
-        yield label_names, t, torch.full((labels.size(0),), k, dtype=torch.int64)
-
-
-def _translate(model, x, target, y, latent) -> torch.Tensor:
-    with torch.no_grad():
-        if model.kind == "v1":
-            return model.translate(x, y)
-        z = torch.cat([latent(i, model.latent_dim) for i in range(x.size(0))])
-        return model.translate_latent(x, y, z)
-
-
 # --------------------------------------------------------------------------------- trials
+
+def searched(cfg: Config) -> list[str]:
+    """Names of the λs this sweep searches: the trained model's loss weights set to ``tuned``."""
+    return [key.rsplit(".", 1)[1] for key in tuned_keys(cfg)]
+
 
 def search_space(cfg: Config) -> dict[str, Any]:
     from ray import tune
 
     space = {}
-    for name in SEARCH[cfg.train.model]:
+    for name in searched(cfg):
         lo, hi = getattr(cfg.tune, name)
         space[name] = (tune.loguniform(lo, hi) if 0 < lo < hi else tune.uniform(lo, hi)) if lo < hi else lo
     return space
@@ -173,9 +97,12 @@ class _TrialHooks:
         if state is None or metrics.get("nonfinite"):
             out["objective"] = WORST if t.mode == "min" else -WORST
         elif self.rank == 0:
+            from stargan.evaluation import quick_objective
             from stargan.inference import model_from_state
 
-            scores = quick_objective(model_from_state(state), self.cfg, self.root, t.val_images)
+            scores = {k: float(v) for k, v in
+                      quick_objective(model_from_state(state), self.cfg, self.root, t.val_images).items()
+                      if isinstance(v, (int, float)) and not isinstance(v, bool)}
             if t.objective not in scores:
                 raise TuneError(f"tune.objective {t.objective!r} is not among the objective's keys: "
                                 f"{', '.join(sorted(scores))}")
@@ -234,8 +161,7 @@ def _train_driver(config: dict) -> None:
 
 def _trainable(config: dict, base: dict) -> None:
     """Tune calls this with the sampled λs as ``config`` (``base``: the rest, via the object store)."""
-    model = base["params"]["train"]["model"]
-    inner = dict(base, lambdas={k: config[k] for k in SEARCH[model] if k in config})
+    inner = dict(base, lambdas={k: config[k] for k in base["searched"]})
     (_train_driver if base["tune"]["use_ray_train"] else _function_trial)(inner)
 
 
@@ -258,21 +184,16 @@ def _history_callback():
 
 
 def _init_ray(cfg: Config) -> bool:
-    import ray
+    from stargan.training.ray_cluster import init_ray
 
-    if ray.is_initialized():
-        return False
-    address = cfg.train.ray.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        # Logical over-subscription (TOOLCHAIN §3); the dashboard is needed when Tune drives Train.
-        ray.init(num_cpus=cfg.tune.cpus, include_dashboard=cfg.tune.use_ray_train, log_to_driver=True)
-    return True
+    # Logical over-subscription (TOOLCHAIN §3); the dashboard is needed when Tune drives Train.
+    # A local instance listens on 127.0.0.1 only (ray_cluster.py, docs/security.md).
+    return init_ray(cfg.train.ray.address, num_cpus=cfg.tune.cpus, include_dashboard=cfg.tune.use_ray_train)
 
 
 def run_sweep(cfg: Config, repo_root: Path, *, name: str | None = None) -> dict:
-    """Run the sweep; returns the content of ``best.json`` (best λs, overrides, trial table)."""
+    """Run the sweep over :func:`searched` λs; returns the content of ``best.json`` (best λs, the
+    ``tuned`` values for tuned.yaml, the trial table). No λ set to ``tuned``: no sweep."""
     import ray
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
@@ -280,9 +201,9 @@ def run_sweep(cfg: Config, repo_root: Path, *, name: str | None = None) -> dict:
     from ray.tune.search.optuna import OptunaSearch
 
     repo_root = repo_root.resolve()
-    t, model = cfg.tune, cfg.train.model
-    if not t.enabled:
-        return {"enabled": False, "model": model, "best": {}, "overrides": {}, "trials": []}
+    t, model, names = cfg.tune, cfg.train.model, searched(cfg)
+    if not names:
+        return {"model": model, "searched": [], "best": {}, "tuned": {}, "trials": []}
     for ds in cfg.train.datasets:
         if not (repo_root / cfg.data.root / "shards" / ds / "manifest.json").exists():
             raise TuneError(f"{cfg.data.root}/shards/{ds}/manifest.json: missing; build the shards first "
@@ -290,7 +211,7 @@ def run_sweep(cfg: Config, repo_root: Path, *, name: str | None = None) -> dict:
     name = name or f"tune-{model}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     storage = Path(cfg.train.ray.storage_path or repo_root / "ray_results").resolve()
     r = cfg.train.ray
-    base = {"params": cfg.to_dict(), "repo_root": str(repo_root), "storage": str(storage),
+    base = {"params": cfg.to_dict(), "repo_root": str(repo_root), "storage": str(storage), "searched": names,
             "tune": {k: getattr(t, k) for k in ("iters_per_trial", "reports_per_trial", "use_ray_train")},
             "ray": {"num_workers": r.num_workers, "use_gpu": r.use_gpu, "cpus_per_worker": r.cpus_per_worker}}
     space = search_space(cfg)
@@ -316,7 +237,7 @@ def run_sweep(cfg: Config, repo_root: Path, *, name: str | None = None) -> dict:
         if started:
             ray.shutdown()
     seconds = time.perf_counter() - t0
-    trials = _trial_table(grid, history.rows, list(SEARCH[model]), t.reports_per_trial, t.mode)
+    trials = _trial_table(grid, history.rows, names, t.reports_per_trial, t.mode)
     ok = [tr for tr in trials if tr["objective"] is not None and tr["error"] is None and abs(tr["objective"]) < WORST]
     if not ok:
         errors = "; ".join(f"{tr['trial_id']}: {tr['error']}" for tr in trials if tr["error"])[:1500]
@@ -324,10 +245,10 @@ def run_sweep(cfg: Config, repo_root: Path, *, name: str | None = None) -> dict:
     # Trials ASHA stopped early were scored after fewer steps; rank the ones that ran to the end.
     finished = [tr for tr in ok if not tr["stopped_early"]] or ok
     best = (min if t.mode == "min" else max)(finished, key=lambda tr: tr["objective"])
-    result = {"enabled": True, "model": model, "name": name, "objective": t.objective, "mode": t.mode,
+    result = {"model": model, "searched": names, "name": name, "objective": t.objective, "mode": t.mode,
               "best": best["lambdas"], "best_value": best["objective"], "best_trial": best["trial_id"],
-              "overrides": {SEARCH[model][k]: v for k, v in best["lambdas"].items()},
-              "ranges": {k: getattr(t, k) for k in SEARCH[model]}, "trials": trials,
+              "tuned": {SEARCH[model][k]: v for k, v in best["lambdas"].items()},
+              "ranges": {k: getattr(t, k) for k in names}, "trials": trials,
               "seconds": round(seconds, 1), "storage": str(storage / name),
               "trainable": "ray_train" if t.use_ray_train else "function"}
     result["mlflow_parent_run_id"] = _log_to_mlflow(cfg, repo_root, result, history.rows)
@@ -365,13 +286,13 @@ def _log_to_mlflow(cfg: Config, repo_root: Path, result: dict, history: dict[str
     exp = ensure_experiment(uri, cfg.train.mlflow.experiment,
                             resolve_artifact_root(cfg.train.mlflow.artifact_root, repo_root))
     client = MlflowClient(uri)
-    parent = start_run(uri, exp, result["name"], {"tune": cfg.to_dict()["tune"], "model": cfg.train.model},
-                       tags={"stargan.kind": "sweep", "stargan.model": cfg.train.model})
+    parent = start_run(uri, exp, result["name"], {"tune": cfg.to_dict()["tune"], "model": cfg.train.model,
+                                                  "searched": result["searched"]},
+                       tags={"stargan.kind": "sweep", "stargan.model": cfg.train.model}, repo_root=repo_root)
     for tr in result["trials"]:
-        child = client.create_run(exp, run_name=f"{result['name']}/{tr['trial_id']}",
-                                  tags={"mlflow.parentRunId": parent, "stargan.kind": "trial",
-                                        "stargan.trial_id": tr["trial_id"],
-                                        "stargan.stopped_early": str(tr["stopped_early"]).lower()}).info.run_id
+        child = start_run(uri, exp, f"{result['name']}/{tr['trial_id']}", {},
+                          tags={"mlflow.parentRunId": parent, "stargan.kind": "trial", "stargan.trial_id": tr["trial_id"],
+                                "stargan.stopped_early": str(tr["stopped_early"]).lower()}, repo_root=repo_root)
         params = [Param(k, repr(v)) for k, v in tr["lambdas"].items()]
         params += [Param("iters_per_trial", str(cfg.tune.iters_per_trial))]
         ts = int(time.time() * 1000)
@@ -389,21 +310,36 @@ def _log_to_mlflow(cfg: Config, repo_root: Path, result: dict, history: dict[str
 
 # ------------------------------------------------------------------------------ consumers
 
-def apply_best(cfg: Config, best_json: Path) -> tuple[Config, dict[str, float]]:
-    """The train stage's view: ``cfg`` with the sweep's best λs (when tune.enabled and present)."""
-    if not cfg.tune.enabled or not Path(best_json).exists():
-        return cfg, {}
-    best = json.loads(Path(best_json).read_text())
-    if not best.get("enabled") or best.get("model") != cfg.train.model:
-        return cfg, {}
-    overrides = {k: float(v) for k, v in best.get("overrides", {}).items()}
-    return config_from_dict(cfg.to_dict(), [f"{k}={v!r}" for k, v in overrides.items()]), overrides
+def tuned_yaml(best: dict) -> str:
+    """``tuned.yaml``: the best value of every searched λ under its params key (a DVC params file)."""
+    nested: dict = {}
+    for key, value in best["tuned"].items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = float(value)
+    head = (f"# Written by the tune stage (sweep {best['name']}, {best['objective']} {best['mode']} "
+            f"{best['best_value']:.6g}). The train stage uses these values for the loss weights set to\n"
+            "# 'tuned' in params.yaml; a number set there is used as written. Do not edit: re-run the sweep.\n"
+            if best["tuned"] else
+            "# Written by the tune stage: no loss weight is set to 'tuned' in params.yaml, so no sweep ran.\n")
+    return head + yaml.safe_dump(nested, sort_keys=True, default_flow_style=False)
+
+
+def write_outputs(best: dict, repo_root: Path) -> None:
+    """best.json (trial table), tuned.yaml (the values train uses) and metrics/tune.json."""
+    from stargan.files import write_json, write_text
+
+    write_json(repo_root / BEST_JSON, best)
+    write_text(repo_root / TUNED_FILE, tuned_yaml(best))
+    write_json(repo_root / "metrics" / "tune.json", metrics_summary(best))
 
 
 def metrics_summary(best: dict) -> dict:
     """``metrics/tune.json``: flat numbers for ``dvc metrics show`` / ``dvc exp show``."""
-    if not best.get("enabled"):
-        return {"enabled": 0}
+    if not best["trials"]:
+        return {"trials": 0}
     out = {"best_objective": best["best_value"], "trials": len(best["trials"]),
            "stopped_early": sum(tr["stopped_early"] for tr in best["trials"]), "seconds": best["seconds"]}
     out.update({f"best_{k}": v for k, v in best["best"].items()})

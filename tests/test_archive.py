@@ -1,6 +1,9 @@
 """Safe extraction: unsafe members are refused by name before anything is written."""
 import io
+import os
+import shutil
 import stat
+import struct
 import tarfile
 import zipfile
 from pathlib import Path
@@ -126,3 +129,62 @@ def test_target_must_be_empty(tmp_path):
     (tmp_path / "out" / "keep").write_text("k")
     with pytest.raises(ArchiveError, match="not empty"):
         extract(arc, tmp_path / "out")
+
+
+# ------------------------------------------------------------------------------ size limits
+
+def test_zip_bomb_is_refused_before_writing(tmp_path):
+    arc = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(arc, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("zeros.bin", bytes(50 << 20))              # 50 MiB of zeros -> ~50 KB
+    dest = tmp_path / "out"
+    with pytest.raises(ArchiveError, match=r"bomb\.zip: would write 50\.0 MiB when extracted from .* times its "
+                                           r"size, over the limit of 100 .*raise download\.max_compression_ratio"):
+        extract(arc, dest)
+    assert list(dest.iterdir()) == []
+    assert extract(arc, tmp_path / "ok", max_ratio=10_000) == 1       # genuine: the setting lets it through
+    assert (tmp_path / "ok/zeros.bin").stat().st_size == 50 << 20
+
+
+def test_tar_over_byte_limit_is_refused(tmp_path):
+    arc = make_tar(tmp_path / "big.tar.gz", {"a.bin": bytes(3 << 20), "b.txt": b"x"}, mode="w:gz")
+    dest = tmp_path / "out"
+    with pytest.raises(ArchiveError, match=r"big\.tar\.gz: would write 3\.0 MiB when extracted, over the limit of "
+                                           r"1\.0 MiB; if the archive is genuine, raise download\.max_extract_bytes"):
+        extract(arc, dest, max_bytes=1 << 20)
+    assert list(dest.iterdir()) == []
+
+
+def test_zip_member_larger_than_declared_is_refused_and_nothing_stays(tmp_path):
+    arc = tmp_path / "liar.zip"
+    with zipfile.ZipFile(arc, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("ok.txt", b"fine")
+        zf.writestr("liar.bin", bytes(4 << 20))
+    data = bytearray(arc.read_bytes())
+    local = data.find(b"liar.bin")                 # the name follows the local header (30 bytes) ...
+    central = data.find(b"liar.bin", local + 1)    # ... and the central directory entry (46 bytes)
+    struct.pack_into("<I", data, local - 30 + 22, 1000)      # declared uncompressed size: a lie
+    struct.pack_into("<I", data, central - 46 + 24, 1000)
+    arc.write_bytes(bytes(data))
+    assert [i.file_size for i in zipfile.ZipFile(arc).infolist()] == [4, 1000]
+    dest = tmp_path / "out"
+    with pytest.raises(ArchiveError, match=r"liar\.zip"):
+        extract(arc, dest)
+    assert list(dest.iterdir()) == []
+
+
+def test_archive_bigger_than_free_space_is_refused(tmp_path):
+    free = shutil.disk_usage(tmp_path).free
+    info = tarfile.TarInfo("huge.bin")
+    info.size = free + (1 << 30)
+    arc = tmp_path / "huge.tar"
+    header = info.tobuf(format=tarfile.PAX_FORMAT)
+    arc.write_bytes(header)
+    try:                                                       # a sparse file: takes no real space
+        os.truncate(arc, len(header) + -(-info.size // 512) * 512 + 1024)
+    except OSError as e:
+        pytest.skip(f"no sparse file this big here: {e}")
+    dest = tmp_path / "out"
+    with pytest.raises(ArchiveError, match=r"huge\.tar: would write .* into .*out, whose filesystem has .* free"):
+        extract(arc, dest, max_bytes=1 << 60)
+    assert list(dest.iterdir()) == []

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from stargan.config import load_config
+from stargan.files import sha256_file
 from stargan.inference import load_model, v1_targets_from_names
 from stargan.registry import (TAG_DECISION, TAG_MOVED, TAG_OBJECTIVE, decide, example_input, predict_arrays,
                               read_objective, register, signature_for, tracking)
@@ -65,10 +66,12 @@ def test_pyfunc_predict_on_names(tmp_path):
     assert [s.name for s in signature_for(v2).inputs.inputs] == ["image", "target", "seed", "reference"]
 
 
-def _eval(root: Path, value: float) -> Path:
+def _eval(root: Path, value: float, checkpoint: Path) -> Path:
+    """metrics/eval.json as the evaluate stage writes it for ``checkpoint``."""
     f = root / "metrics" / "eval.json"
     f.parent.mkdir(parents=True, exist_ok=True)
-    f.write_text(json.dumps({"counterfactual": {"l1": value, "psnr": 20.0}}))
+    f.write_text(json.dumps({"counterfactual": {"l1": value, "psnr": 20.0},
+                             "info": {"checkpoint_sha256": sha256_file(checkpoint)}}))
     return f
 
 
@@ -78,16 +81,16 @@ def test_alias_moves_only_when_better(tmp_path):
 
     ckpt = make_checkpoint(tmp_path, "v1")
     cfg = load_config(tmp_path / "params.yaml", ["export.registered_name=sg-test"])
-    first = register(ckpt, cfg, tmp_path, eval_json=_eval(tmp_path, 0.5))
+    first = register(ckpt, cfg, tmp_path, eval_json=_eval(tmp_path, 0.5, ckpt))
     assert first.alias_moved and first.version == "1"
-    worse = register(ckpt, cfg, tmp_path, eval_json=_eval(tmp_path, 0.7))
+    worse = register(ckpt, cfg, tmp_path, eval_json=_eval(tmp_path, 0.7, ckpt))
     client = MlflowClient(first.tracking_uri)
     assert not worse.alias_moved
     assert str(client.get_model_version_by_alias("sg-test", "champion").version) == "1"
     tags = client.get_model_version("sg-test", worse.version).tags
     assert tags[TAG_MOVED] == "false" and tags[TAG_DECISION].startswith("does not beat the champion")
     assert float(tags[TAG_OBJECTIVE]) == 0.7
-    better = register(ckpt, cfg, tmp_path, eval_json=_eval(tmp_path, 0.3))
+    better = register(ckpt, cfg, tmp_path, eval_json=_eval(tmp_path, 0.3, ckpt))
     assert better.alias_moved
     assert str(client.get_model_version_by_alias("sg-test", "champion").version) == better.version
     # Every version was logged into one run (the checkpoint has no training run id: an export run).
@@ -95,6 +98,26 @@ def test_alias_moves_only_when_better(tmp_path):
         pyfunc = mlflow.pyfunc.load_model("models:/sg-test@champion")
     ex = example_input(load_model(ckpt), 2)
     assert pyfunc.predict(ex).shape == (2, 3, 16, 16)
+
+
+def test_a_version_is_never_judged_by_another_checkpoints_evaluation(tmp_path, capsys):
+    """metrics/eval.json of model A next to checkpoint B (e.g. `stargan export --checkpoint B`):
+    its objective is not B's, so B is registered without taking the alias, and the reason says so."""
+    from mlflow.tracking import MlflowClient
+
+    from stargan.training.checkpoint import load_state, save_state
+
+    a = make_checkpoint(tmp_path / "a", "v1")
+    state = load_state(a)
+    next(iter(state.nets["G"].values())).add_(0.5)          # another model with the same config
+    b = save_state(state, tmp_path / "b" / "checkpoint.pt")
+    cfg = load_config(tmp_path / "a" / "params.yaml", ["export.registered_name=sg-other"])
+    first = register(a, cfg, tmp_path, eval_json=_eval(tmp_path, 0.5, a))
+    second = register(b, cfg, tmp_path, eval_json=_eval(tmp_path, 0.1, a))     # 0.1 "beats" 0.5, but is A's
+    assert first.alias_moved and not second.alias_moved and second.objective is None
+    assert f"is not the evaluation of {b}" in capsys.readouterr().out
+    tags = MlflowClient(first.tracking_uri).get_model_version("sg-other", second.version).tags
+    assert tags[TAG_DECISION].startswith("no evaluation objective") and TAG_OBJECTIVE not in tags
 
 
 # ------------------------------------------------------------------------------ servers (slow)

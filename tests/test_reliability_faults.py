@@ -186,7 +186,7 @@ def test_driver_degrades_to_an_offline_run_fast_and_says_how_to_upload(tmp_path,
     cfg = config_from_dict({})
     uri = f"http://127.0.0.1:{closed_port()}"
     t0 = time.perf_counter()
-    assert _start_mlflow_run(cfg, tmp_path, uri, "stargan-v1-x", tmp_path / "run") == ""
+    assert _start_mlflow_run(cfg, tmp_path, uri, "stargan-v1-x", tmp_path / "run", []) == ""
     assert time.perf_counter() - t0 < 10
     _warn_offline(cfg, uri, "stargan-v1-x", tmp_path / "run")
     err = capsys.readouterr().err

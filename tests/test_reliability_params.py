@@ -64,7 +64,8 @@ def cases():
     for section, _ in _sections():
         yield pytest.param(f"{section}.no_such_knob=1", f"{section}.no_such_knob: unknown key", id=f"unknown-{section}")
     for key, tp, meta in _leaves():
-        value, fragment = _wrong_type(tp)
+        # a loss weight the sweep may set takes a number or the word 'tuned'
+        value, fragment = ("lots", "expected a number or 'tuned'") if meta.get("tunable") else _wrong_type(tp)
         yield pytest.param(f"{key}={value}", f"{key}: {fragment}", id=f"type-{key}")
         base = int if "int" in str(tp) and "float" not in str(tp) else float
         if meta.get("lo") is not None:

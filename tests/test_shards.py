@@ -1,7 +1,9 @@
+import dataclasses
 import hashlib
 import importlib.util
 import io
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,8 @@ from PIL import Image
 from stargan.bench.data import write_aligned_set
 from stargan.config import ShardConfig
 from stargan.data.imageio import decode_image, encode_png
-from stargan.data.shards import ShardError, read_manifest, verify_shards, write_shards
+from stargan.data.loader import TrainStream, iter_split
+from stargan.data.shards import ShardError, open_shard, read_manifest, verify_shards, write_shards
 
 CFG = ShardConfig(rows_per_group=8, rows_per_shard=20, test_fraction=0.2, val_fraction=0.1)
 REPO = Path(__file__).resolve().parents[1]
@@ -112,14 +115,39 @@ def test_verify_missing_and_unreadable_files(aligned, tmp_path):
     man = json.loads((out / "manifest.json").read_text())
     man["files"][0]["sha256"] = hashlib.sha256(b"not parquet at all").hexdigest()
     (out / "manifest.json").write_text(json.dumps(man))
+    assert verify_shards(out)["files"][0]["sha256"] == man["files"][0]["sha256"]
     with pytest.raises(ShardError, match=f"{name}: unreadable parquet"):
-        verify_shards(out)
+        open_shard(out, man["files"][0])
     (out / name).unlink()
     with pytest.raises(ShardError, match=f"{name}: missing"):
         verify_shards(out)
     (out / "manifest.json").unlink()
     with pytest.raises(ShardError, match="manifest.json: missing"):
         read_manifest(out)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_a_damaged_shard_is_refused_in_one_line_naming_the_file(aligned, tmp_path, damage):
+    """One flipped byte (which libjpeg would only warn about) or a cut-off file: every reader
+    (training streams, evaluation) refuses the shard set before reading an image."""
+    out = tmp_path / "s"
+    m = write_shards(aligned, out, dataclasses.replace(CFG, image_format="jpeg"))
+    path = out / m["files"][-1]["path"]
+    data = bytearray(path.read_bytes())
+    verify_shards(out)                      # hashed once in this process ...
+    if damage == "flip":
+        data[len(data) // 2] ^= 0x01
+    else:
+        del data[-100:]
+    time.sleep(0.01)
+    path.write_bytes(bytes(data))           # ... and hashed again once the file changes
+    for read in (verify_shards, lambda d: iter_split(d, m["files"][-1]["split"], 4, 16).__next__(),
+                 lambda d: TrainStream(d, batch_size=4, image_size=16, split=m["files"][-1]["split"])):
+        with pytest.raises(ShardError) as e:
+            read(out)
+        msg = str(e.value)
+        assert msg.startswith(f"{path}: sha256 differs from manifest.json") and "dvc repro shard" in msg
+        assert "\n" not in msg
 
 
 def test_missing_image_names_the_key_and_leaves_nothing_behind(aligned, tmp_path):

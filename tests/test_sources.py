@@ -69,3 +69,11 @@ def test_crop_and_aligned_helpers():
     assert sources.official_crop(DatasetSpec(source="afhq", layout="folders")) == 0
     assert sources.is_aligned(DatasetSpec(source="afhq", layout="folders"))
     assert not sources.is_aligned(DatasetSpec(source="local", layout="folders", path="x"))
+
+
+def test_resolve_carries_what_the_reader_and_walker_need(tmp_path):
+    rs = resolve("c", DatasetSpec(source="local", layout="celeba", path=str(tmp_path), attributes=["Male"],
+                                  missing="skip", follow_links=True))
+    assert (rs.attributes, rs.missing, rs.follow_links) == (("Male",), "skip", True)
+    rs = resolve("c", DatasetSpec(source="synthetic"))
+    assert (rs.missing, rs.follow_links) == ("error", False)     # the safe defaults

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -86,6 +87,24 @@ def test_checkpoint_from_another_config_is_refused(data_root, tmp_path):
         fit_local(other, root)
 
 
+def test_stargan_train_trains_the_sweeps_values_as_the_train_stage_does(data_root, tmp_path, capsys):
+    """`stargan train` never applied the sweep, so it and `dvc repro train` trained different models
+    from one params file. Both now resolve 'tuned' from tuned.yaml (the CLI here, --local)."""
+    from stargan.cli import main
+
+    root = project(data_root, tmp_path, {"train": {"v1": {"lambda_cls": "tuned", "lambda_rec": 12.0}}})
+    args = ["train", "--local", "--device", "cpu", "--params", str(root / "params.yaml")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("stargan train: error: train.v1.lambda_cls: set to 'tuned' but ") and \
+        "tuned.yaml does not exist; run the sweep first" in err
+    (root / "tuned.yaml").write_text("train:\n  v1:\n    lambda_cls: 0.6\n    lambda_rec: 99.0\n")
+    assert main(args) == 0
+    assert "loss weights: lambda_cls=0.6 (tuned.yaml), lambda_rec=12 (params)" in capsys.readouterr().out
+    lam = load_state(root / "models" / "train" / "checkpoint.pt").config["train"]["v1"]
+    assert (lam["lambda_cls"], lam["lambda_rec"]) == (0.6, 12.0), "a number in params is never overridden"
+
+
 def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_good_checkpoint(data_root, tmp_path):
     root = project(data_root, tmp_path, {"train": {"num_iters": 12, "v1": {"g_lr": 1e12, "d_lr": 1e12}}})
     cfg = load_config(root / "params.yaml")
@@ -161,6 +180,45 @@ def test_ray_train_two_workers_logs_one_mlflow_run(data_root, tmp_path):
     assert {"samples/000003.png", "samples/000006.png"} <= artifacts
     assert [a.path for a in client.list_artifacts(run_id, "checkpoint")] == ["checkpoint/checkpoint.pt"]
     assert len(client.search_runs([run.info.experiment_id])) == 1
+
+
+@pytest.mark.slow
+def test_a_refused_checkpoint_on_ray_resume_fails_once_in_one_line(data_root, tmp_path):
+    """Re-running a finished (or interrupted) run resumes its last Ray Train checkpoint. If the
+    weights-only loader refuses that file, the run ends at once with the one-line reason: before,
+    176 lines of Ray tracebacks and the worker retried train.ray.max_failures times."""
+    root = project(data_root, tmp_path)
+    cmd = [sys.executable, "-m", "stargan.cli", "train"]
+    first = subprocess.run(cmd, cwd=root, env=env(), capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-4000:]
+    last = max((root / "ray_results").glob("stargan-*/checkpoint_*/checkpoint.pt"), key=lambda p: p.stat().st_mtime)
+    torch.save({"format": "stargan-checkpoint/1", "payload": shutil.Error("not weights")}, last)
+    t0 = time.perf_counter()
+    again = subprocess.run(cmd, cwd=root, env=env(), capture_output=True, text=True, timeout=600)
+    out = again.stdout + again.stderr
+    assert again.returncode == 2, out[-4000:]
+    line = again.stderr.strip().splitlines()[-1]
+    assert line.startswith("stargan train: error: ") and "refused to load: not a safe stargan checkpoint" in line
+    assert "It is the last checkpoint of this Ray Train run" in line and "delete that run's folder" in line
+    assert out.count("refused to load") == 1, "failed once, not once per retry"
+    assert "Traceback" not in out
+    print(f"refused in {time.perf_counter() - t0:.1f} s")
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_on_ray_fails_the_run_instead_of_finishing_it(data_root, tmp_path):
+    """Ray Train's result holds the metrics of the last checkpoint, so a stop reported without one
+    was lost and the run 'finished' with the last good checkpoint as its model."""
+    root = project(data_root, tmp_path, {"train": {"num_iters": 12, "v1": {"g_lr": 1e12, "d_lr": 1e12}}})
+    proc = subprocess.run([sys.executable, str(REPO / "pipelines" / "train.py")], cwd=root, env=env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-4000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert re.match(r"\[train\] error: loss .* is (nan|inf|-inf) at step \d+\..*last good checkpoint is kept", line), line
+    assert not (root / "models" / "train").exists() and not (root / "metrics" / "train.json").exists()
+    client = _mlflow_run(root, "")[0]
+    runs = client.search_runs([client.get_experiment_by_name("stargan").experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]
 
 
 @pytest.mark.slow

@@ -17,8 +17,9 @@ TINY = {
     "shard": {"rows_per_group": 16},
     "train": {"image_size": 16, "batch_size": 4, "num_iters": 6, "log_every": 2, "sample_every": 3,
               "checkpoint_every": 3,
+              # fixed loss weights: no sweep unless a test sets them to 'tuned'
               "v1": {"g_conv_dim": 8, "d_conv_dim": 8, "g_repeat_num": 1, "d_repeat_num": 4, "n_critic": 2,
-                     "num_iters_decay": 3},
+                     "num_iters_decay": 3, "lambda_cls": 1.0, "lambda_rec": 10.0},
               "v2": {"style_dim": 8, "latent_dim": 4, "max_conv_dim": 16, "mapping_hidden": 16, "ds_iter": 6},
               "ray": {"max_failures": 2, "cpus_per_worker": 1.0}},
 }

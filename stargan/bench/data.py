@@ -120,9 +120,9 @@ def _bench_decode(shard_dir: Path, limit: int) -> dict:
     import pyarrow.parquet as pq
 
     from stargan.data.imageio import decode_shard_image
-    from stargan.data.shards import read_manifest
+    from stargan.data.shards import verify_shards
 
-    manifest = read_manifest(shard_dir)
+    manifest = verify_shards(shard_dir)
     n, t0 = 0, time.perf_counter()
     for entry in manifest["files"]:
         for rb in pq.ParquetFile(shard_dir / entry["path"]).iter_batches(batch_size=256, columns=["image"]):
@@ -152,7 +152,7 @@ def bench_data(cfg: Config, out_path: Path, *, repo_root: Path = Path("."), data
         the JSON content: ``{"machine", "shard_config", "datasets": {name: {...}}}``.
     """
     from stargan.data.shards import write_shards
-    from stargan.stage import write_json
+    from stargan.files import write_json
 
     data_root = Path(repo_root) / cfg.data.root
     names = list(datasets) if datasets is not None else list(cfg.data.datasets)

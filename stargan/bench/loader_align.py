@@ -29,7 +29,7 @@ def bench_load(cfg: Config, out_path: Path, *, images: int = 512, batches: int =
     from stargan.data.formats import read_dataset
     from stargan.data.shards import write_shards
     from stargan.data.synthetic import write_celeba_like
-    from stargan.stage import write_json
+    from stargan.files import write_json
 
     import os
 

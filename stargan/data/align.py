@@ -47,6 +47,7 @@ from stargan.config import AlignConfig, DatasetSpec
 from stargan.data.detect import detect_face
 from stargan.data.formats import DatasetIndex, RawRecord
 from stargan.data.imageio import ImageDecodeError, decode_image, encode_png
+from stargan.errors import StarganError
 
 METHODS = ("landmarks", "centre_crop", "detector", "detector_box")
 
@@ -80,7 +81,7 @@ class AlignRejected(Exception):
         self.reason = reason
 
 
-class AlignError(RuntimeError):
+class AlignError(StarganError, RuntimeError):
     """The stage as a whole failed (e.g. every image was rejected)."""
 
 

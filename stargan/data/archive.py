@@ -5,6 +5,13 @@ drive letter or walks up with ``..``, a link that points outside the target fold
 files or FIFOs are refused with :class:`UnsafeArchiveError` naming the member. Tar extraction
 then also runs under Python's ``filter="data"`` as a second line of defence; zip members are
 written by hand (zipfile has no such filter) after the same checks.
+
+Size: the members' declared sizes are added up first, and an archive that would write more than
+``max_bytes`` (``download.max_extract_bytes``), unpack to more than ``max_ratio`` times its own
+size (``download.max_compression_ratio``; a decompression bomb) or overfill the destination's
+filesystem is refused before a byte is written. Zip members are counted as they are written, so
+a member that inflates past its declared size (sizes in headers can lie) is refused too. A failed
+extraction leaves the destination empty.
 """
 from __future__ import annotations
 
@@ -17,11 +24,17 @@ import tarfile
 import zipfile
 from pathlib import Path
 
+from stargan.errors import StarganError
+
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+MAX_BYTES = 200 * 2**30         # download.max_extract_bytes
+MAX_RATIO = 100.0               # download.max_compression_ratio
+RATIO_FLOOR = 1 << 20           # an archive unpacking to less than this cannot hurt: no ratio check
 _DRIVE = re.compile(r"^[A-Za-z]:")
+CHUNK = 1 << 20
 
 
-class ArchiveError(ValueError):
+class ArchiveError(StarganError, ValueError):
     """An archive that cannot be read (truncated, encrypted, unknown format)."""
 
 
@@ -76,6 +89,32 @@ def _check_link(archive: Path, member: str, target: str, *, relative_to_member: 
                                  "target folder; refusing to extract")
 
 
+def _size(n: float) -> str:
+    """52428800 -> '50.0 MiB'."""
+    for unit in ("bytes", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def check_size(archive: Path, dest: Path, total: int, max_bytes: int, max_ratio: float) -> None:
+    """Refuse to write ``total`` bytes (the members' declared sizes) over a limit, before writing."""
+    packed = archive.stat().st_size
+    what = f"{archive}: would write {_size(total)} when extracted"
+    if total > max_bytes:
+        raise ArchiveError(f"{what}, over the limit of {_size(max_bytes)}; if the archive is genuine, "
+                           "raise download.max_extract_bytes")
+    if total > RATIO_FLOOR and total > max_ratio * max(packed, 1):
+        raise ArchiveError(f"{what} from {_size(packed)}, {total / max(packed, 1):.0f} times its size, over the "
+                           f"limit of {max_ratio:g} (a decompression bomb?); if the archive is genuine, raise "
+                           "download.max_compression_ratio")
+    free = shutil.disk_usage(dest).free
+    if total > free:
+        raise ArchiveError(f"{what} into {dest}, whose filesystem has {_size(free)} free; free some space "
+                           "or point data.root at a bigger disk")
+
+
 # ------------------------------------------------------------------------------------- zip
 
 def _zip_mode(info: zipfile.ZipInfo) -> int:
@@ -100,10 +139,23 @@ def _check_zip(archive: Path, zf: zipfile.ZipFile) -> list[tuple[zipfile.ZipInfo
     return plan
 
 
-def _extract_zip(archive: Path, dest: Path) -> int:
+def _copy_member(archive: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, out: Path) -> None:
+    """Write one member, counting bytes: more than its declared size is refused, not written."""
+    written = 0
+    with zf.open(info) as src, open(out, "wb") as dst:
+        while chunk := src.read(CHUNK):
+            written += len(chunk)
+            if written > info.file_size:
+                raise UnsafeArchiveError(f"{archive}: member {info.filename!r} unpacks to more than the "
+                                         f"{info.file_size} bytes it declares; refusing to extract")
+            dst.write(chunk)
+
+
+def _extract_zip(archive: Path, dest: Path, max_bytes: int, max_ratio: float) -> int:
     root = dest.resolve()
     with zipfile.ZipFile(archive) as zf:
         plan = _check_zip(archive, zf)
+        check_size(archive, dest, sum(info.file_size for info, _, _ in plan), max_bytes, max_ratio)
         for info, rel, kind in plan:
             if not rel:
                 continue
@@ -118,8 +170,7 @@ def _extract_zip(archive: Path, dest: Path) -> int:
             if kind == stat.S_IFLNK:
                 os.symlink(zf.read(info).decode("utf-8"), out)
                 continue
-            with zf.open(info) as src, open(out, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
+            _copy_member(archive, zf, info, out)
     return len(plan)
 
 
@@ -139,9 +190,10 @@ def _check_tar(archive: Path, tf: tarfile.TarFile) -> list[tarfile.TarInfo]:
     return members
 
 
-def _extract_tar(archive: Path, dest: Path) -> int:
+def _extract_tar(archive: Path, dest: Path, max_bytes: int, max_ratio: float) -> int:
     with tarfile.open(archive) as tf:
         members = _check_tar(archive, tf)
+        check_size(archive, dest, sum(m.size for m in members if m.isreg()), max_bytes, max_ratio)
         try:
             tf.extractall(dest, members=members, filter="data")
         except tarfile.FilterError as e:
@@ -149,11 +201,12 @@ def _extract_tar(archive: Path, dest: Path) -> int:
     return len(members)
 
 
-def extract(archive: Path, dest: Path) -> int:
+def extract(archive: Path, dest: Path, *, max_bytes: int = MAX_BYTES, max_ratio: float = MAX_RATIO) -> int:
     """Extract ``archive`` into ``dest`` (created; must be empty) after checking every member.
 
     Returns the number of members. Raises :class:`UnsafeArchiveError` naming the first unsafe
-    member (nothing is extracted then) and :class:`ArchiveError` for unreadable archives.
+    member, and :class:`ArchiveError` for unreadable archives and archives over the size limits
+    (see the module doc); ``dest`` is left empty then.
     """
     archive, dest = Path(archive), Path(dest)
     kind = archive_kind(archive)
@@ -164,9 +217,20 @@ def extract(archive: Path, dest: Path) -> int:
     if any(dest.iterdir()):
         raise ArchiveError(f"{dest}: extraction target is not empty")
     try:
-        return _extract_zip(archive, dest) if kind == "zip" else _extract_tar(archive, dest)
-    except UnsafeArchiveError:
-        raise
+        return (_extract_zip if kind == "zip" else _extract_tar)(archive, dest, max_bytes, max_ratio)
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, RuntimeError, UnicodeDecodeError) as e:
+        _empty(dest)
         raise ArchiveError(f"{archive}: cannot read the {kind} archive ({e}); it may be truncated or "
                            "corrupt: delete it and download again") from None
+    except BaseException:          # refused (ArchiveError) or interrupted: nothing half-written stays
+        _empty(dest)
+        raise
+
+
+def _empty(dest: Path) -> None:
+    """Remove what a failed extraction wrote (``dest`` was empty before)."""
+    for p in dest.iterdir():
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()

@@ -19,8 +19,10 @@ from typing import Sequence
 
 import numpy as np
 
+from stargan.errors import StarganError
 
-class DomainError(ValueError):
+
+class DomainError(StarganError, ValueError):
     """Domains that cannot be built from the dataset's labels; the message names the fix."""
 
 

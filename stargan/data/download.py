@@ -3,8 +3,11 @@
 ``fetch_all(cfg)`` walks ``data.datasets``; each entry is resolved against the registry
 (``sources.py``) and then generated (synthetic), downloaded over HTTP(S) and extracted, or taken
 from a local folder/archive. Whatever the route, the result is assembled in a hidden staging
-folder next to the output, ``SOURCE.json`` is written into it last, and it is renamed into place,
-so ``data/raw/<name>/`` with a ``SOURCE.json`` is always complete. An interrupted run leaves a
+folder next to the output, parsed with its layout's reader (as the align stage will read it),
+``SOURCE.json`` is written into it last, and it is renamed into place, so ``data/raw/<name>/``
+with a ``SOURCE.json`` is always complete and readable, and a bad source (images missing or
+unlabelled, a link out of the folder, an archive bomb) never replaces a good earlier copy. Error
+messages name the user's folder or archive, not the staging copy. An interrupted run leaves a
 ``.part`` download (resumed next time) and a staging folder (removed next time), never a
 half-filled output.
 
@@ -15,7 +18,8 @@ message that says what to do: an unreachable host, an HTML page where a file was
 expired Dropbox link), HTTP errors, and a checksum mismatch (the bad file is kept aside as
 ``<dest>.corrupt`` and never used).
 
-``SOURCE.json`` = ``{"source", "url", "sha256", "bytes", "layout"}``: for archives (downloaded
+``SOURCE.json`` = ``{"source", "url", "sha256", "bytes", "layout"}`` (+ ``"missing": {"count",
+"first"}`` when ``data.datasets.<name>.missing: skip`` left listed images out): for archives (downloaded
 or local) the archive's sha256 and size; for folders (local, synthetic) a digest over the
 sorted (relative path, file sha256) pairs and the total size. ``url`` is the download URL, the
 ``file://`` URI of a local path, or ``synthetic:<layout>?<settings>`` for the generator. A run
@@ -43,8 +47,11 @@ from urllib.parse import urlencode, urlsplit
 
 from stargan.config import Config, DatasetSpec, SyntheticConfig
 from stargan.data.archive import ArchiveError, extract
-from stargan.data.formats import RAFD_EXPRESSIONS
+from stargan.data.formats import (RAFD_EXPRESSIONS, DataFormatError, DatasetIndex, MissingImagesError,
+                                   first_names, read_dataset)
 from stargan.data.sources import ResolvedSource, SourceError, resolve
+from stargan.errors import StarganError
+from stargan.files import sha256_file, write_json
 
 CHUNK = 1 << 20
 SOURCE_FILE = "SOURCE.json"
@@ -52,7 +59,7 @@ JUNK = ("__MACOSX", ".DS_Store", "Thumbs.db")
 _USER_AGENT = "stargan-download/1.0 (+python urllib)"
 
 
-class DownloadError(RuntimeError):
+class DownloadError(StarganError, RuntimeError):
     """A dataset that could not be fetched; the message names the URL/path and the fix."""
 
 
@@ -62,32 +69,56 @@ def _log(msg: str) -> None:
 
 # ---------------------------------------------------------------------------------- hashing
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+def _walk_files(root: Path, follow_links: bool = False, name: str = "<name>") -> list[tuple[str, Path]]:
+    """(relative posix path, path) of every file under root, sorted; SOURCE.json and junk excluded.
 
+    The digest and the copy both walk with this, so they see the same files. A symbolic link whose
+    target stays inside root is followed; one that leaves root is refused unless ``follow_links``
+    (``data.datasets.<name>.follow_links``), since it would copy files from elsewhere (``/etc``, a
+    home folder) into data/raw; a link to a folder that contains it (a loop) is always refused."""
+    top = root.resolve()
+    out: list[tuple[str, Path]] = []
 
-def _walk_files(root: Path) -> list[tuple[str, Path]]:
-    """(relative posix path, path) of every file under root, sorted; SOURCE.json and junk excluded."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if d not in JUNK)
-        for fn in filenames:
-            p = Path(dirpath) / fn
-            rel = p.relative_to(root).as_posix()
-            if fn in JUNK or rel == SOURCE_FILE:
+    def walk(folder: Path, rel: str, ancestors: tuple[Path, ...]) -> None:
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for e in entries:
+            p, r = Path(e.path), rel + e.name
+            if e.name in JUNK or r == SOURCE_FILE:
                 continue
-            out.append((rel, p))
+            if e.is_symlink():
+                _check_link(p, top, ancestors, follow_links, name)
+            if e.is_dir():
+                walk(p, r + "/", ancestors + (p.resolve(),))
+            elif e.is_file():
+                out.append((r, p))
+            else:
+                raise DownloadError(f"{p}: not a regular file or folder (a socket, FIFO or device); remove it")
+
+    walk(root, "", (top,))
     return sorted(out)
 
 
-def tree_digest(root: Path) -> tuple[str, int]:
+def _check_link(link: Path, top: Path, ancestors: tuple[Path, ...], follow_links: bool, name: str) -> None:
+    """Refuse a broken link, a loop (its target holds a folder being walked) and, unless the user
+    trusts links, a way out of the dataset folder ``top``."""
+    target = Path(os.path.realpath(link))
+    if not target.exists():
+        raise DownloadError(f"{link}: a broken symbolic link (to {os.readlink(link)}); remove it or point "
+                            "it at the real file")
+    if target.is_dir() and any(a.is_relative_to(target) for a in ancestors):
+        raise DownloadError(f"{link}: a symbolic link to {target}, a folder that contains the link (a loop); "
+                            "remove the link")
+    if not follow_links and not target.is_relative_to(top):
+        raise DownloadError(f"{link}: a symbolic link to {target}, outside the dataset folder {top}; replace "
+                            f"the link with the real file or folder, or set data.datasets.{name}.follow_links: "
+                            "true if you trust it")
+
+
+def tree_digest(root: Path, follow_links: bool = False, name: str = "<name>") -> tuple[str, int]:
     """sha256 over (relative path, file sha256) of a folder, and its total bytes."""
     h, total = hashlib.sha256(), 0
-    for rel, p in _walk_files(root):
+    for rel, p in _walk_files(root, follow_links, name):
         h.update(f"{rel}\0{sha256_file(p)}\n".encode())
         total += p.stat().st_size
     return h.hexdigest(), total
@@ -303,21 +334,15 @@ def _rmtree(path: Path) -> None:
         shutil.rmtree(path)
 
 
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)      # a new directory entry: never writes through a hard link
-
-
-def _link_or_copy_tree(src: Path, dst: Path) -> str:
+def _link_or_copy_tree(src: Path, dst: Path, follow_links: bool = False, name: str = "<name>") -> str:
     """Mirror ``src`` into ``dst`` with hard links (same filesystem) or copies; src is untouched."""
     dst.mkdir(parents=True, exist_ok=True)
     how = "hard-linked"
-    for rel, p in _walk_files(src):
+    for rel, p in _walk_files(src, follow_links, name):
         out = dst / rel
         out.parent.mkdir(parents=True, exist_ok=True)
         try:
-            os.link(p, out)
+            os.link(os.path.realpath(p), out)      # link(2) would link a symlink itself, not its file
         except OSError:
             shutil.copy2(p, out)
             how = "copied"
@@ -404,7 +429,7 @@ class _Stage:
     def commit(self, root: Path, record: dict) -> None:
         for junk in JUNK:
             _rmtree(root / junk)
-        _write_json_atomic(root / SOURCE_FILE, record)
+        write_json(root / SOURCE_FILE, record)     # a new directory entry: never writes through a hard link
         if root != self.ready:
             os.rename(root, self.ready)
         if self.dest.exists() or self.dest.is_symlink():
@@ -423,24 +448,92 @@ def _no_checksum_note(name: str, where: str, sha: str) -> None:
          f"(so a changed file fails instead of passing silently), set data.datasets.{name}.sha256: {sha}")
 
 
+# ------------------------------------------------------------------------------ validation
+
+@dataclass(frozen=True)
+class _Origin:
+    """Where the staged files came from, so a message names the user's files, not the staging copy."""
+    staged: Path                 # the staging folder (``data/raw/.<name>.partial``)
+    place: str                   # the user's folder, or the archive file / URL the files came from
+    folder: bool = False         # place is a folder that staged mirrors (else staged holds its members)
+    downloaded: bool = False     # place is an archive this stage downloaded: deleting it fetches it anew
+
+    def say(self, msg: str) -> str:
+        """Every staged path in ``msg`` as ``<folder>/<rel>``, or ``<member> in <archive>``."""
+        def user_path(m: re.Match) -> str:
+            rel, line = m.group(1).lstrip("/"), m.group(2) or ""
+            if self.folder:
+                return str(Path(self.place, rel)) + line
+            return f"{rel}{line} in {self.place}" if rel else f"{self.place}{line}"
+        return re.sub(re.escape(str(self.staged)) + r"((?:/[^\s:,;()'\"]+)*)(:\d+)?", user_path, msg)
+
+
+def _read(rs: ResolvedSource, root: Path) -> DatasetIndex:
+    """The dataset at ``root`` read exactly as the align stage reads data/raw/<name>."""
+    return read_dataset(root, rs.layout, list(rs.attributes), rs.name, rs.missing)
+
+
+def _check_staged(rs: ResolvedSource, root: Path, origin: _Origin) -> DatasetIndex:
+    """Parse the staged copy as the align stage will, so a bad source fails before it replaces data/raw."""
+    try:
+        return _read(rs, root)
+    except MissingImagesError as e:
+        if not origin.downloaded:
+            raise DownloadError(origin.say(str(e))) from None
+        raise DownloadError(f"{origin.place} is incomplete: {len(e.absent)} of the {e.listed} images listed in "
+                            f"its {e.list_file.name} are not in it ({first_names(e.absent)}); delete "
+                            f"{origin.place} and re-run the download stage, or set data.datasets.{rs.name}."
+                            "missing: skip to use the images it has") from None
+    except DataFormatError as e:
+        raise DownloadError(origin.say(str(e))) from None
+
+
+def _commit(rs: ResolvedSource, stage: _Stage, root: Path, record: dict, status: str, origin: _Origin) -> dict:
+    """Validate the staged dataset, then put it in place (the old copy stays if validation fails).
+    Listed images left out under ``missing: skip`` are recorded in SOURCE.json as
+    ``"missing": {"count", "first"}`` (the first 10 keys)."""
+    index = _check_staged(rs, root, origin)
+    if index.skipped:
+        record = {**record, "missing": {"count": len(index.skipped), "first": index.skipped[:10]}}
+    stage.commit(root, record)
+    index.records = [dataclasses.replace(r, path=stage.dest / r.path.relative_to(root)) for r in index.records]
+    return {"status": status, **record, "index": index}
+
+
+def _up_to_date(rs: ResolvedSource, stage: _Stage, source: str, url: str | None, sha256: str | None) -> dict | None:
+    """The result for a data/raw copy that still matches its source and still reads, else None:
+    a copy that no longer reads (files deleted from data/raw, ``missing`` set back to error) is
+    fetched again, so any error then names the user's own files."""
+    if not _is_current(stage.dest, source, url, rs.layout, sha256):
+        return None
+    try:
+        index = _read(rs, stage.dest)
+    except DataFormatError:
+        _log(f"{rs.name}: {stage.dest} matches its source but no longer reads as data.datasets.{rs.name} "
+             "says; fetching it again")
+        return None
+    return {"status": "up to date", **_read_source(stage.dest), "index": index}
+
+
+# ---------------------------------------------------------------------------------- fetching
+
 def _fetch(rs: ResolvedSource, cfg: Config, stage: _Stage, base: Path) -> dict:
     name, layout = rs.name, rs.layout
     if rs.mode == "generate":
         url = _synthetic_url(layout, cfg.synthetic)
-        if _is_current(stage.dest, "synthetic", url, layout, None):
-            return {"status": "up to date", **_read_source(stage.dest)}
+        if done := _up_to_date(rs, stage, "synthetic", url, None):
+            return done
         from stargan.data import synthetic    # lazy: the HTTP/archive paths do not need it
         writer = synthetic.write_celeba_like if layout == "celeba" else synthetic.write_rafd_like
         _log(f"{name}: generating a synthetic {layout}-layout set")
         writer(stage.work, cfg.synthetic)
         sha, size = tree_digest(stage.work)
         record = {"source": "synthetic", "url": url, "sha256": sha, "bytes": size, "layout": layout}
-        stage.commit(stage.work, record)
-        return {"status": "generated", **record}
+        return _commit(rs, stage, stage.work, record, "generated", _Origin(stage.work, url))
 
     if rs.mode == "download":
-        if _is_current(stage.dest, rs.source.name, rs.url, layout, rs.sha256):
-            return {"status": "up to date", **_read_source(stage.dest)}
+        if done := _up_to_date(rs, stage, rs.source.name, rs.url, rs.sha256):
+            return done
         cache = base / cfg.download.cache_dir if cfg.download.cache_dir else base / cfg.data.root / "downloads"
         fname = Path(urlsplit(rs.url).path).name or "download"
         archive = cache / f"{name}-{hashlib.sha256(rs.url.encode()).hexdigest()[:8]}-{fname}"
@@ -466,32 +559,34 @@ def _fetch(rs: ResolvedSource, cfg: Config, stage: _Stage, base: Path) -> dict:
                                 "point it at a folder outside data/raw")
         url = path.as_uri()
         if path.is_dir():
-            sha, size = tree_digest(pick_root(path, rs.inner))
+            src = pick_root(path, rs.inner)
+            sha, size = tree_digest(src, rs.follow_links, name)
             if rs.sha256 and sha != rs.sha256:
                 raise DownloadError(f"data.datasets.{name}: the folder {path} has content digest {sha}, "
                                     f"not the pinned sha256 {rs.sha256}")
-            if _is_current(stage.dest, rs.source.name, url, layout, sha):
-                return {"status": "up to date", **_read_source(stage.dest)}
-            how = _link_or_copy_tree(pick_root(path, rs.inner), stage.work)
-            _log(f"{name}: {how} {path} -> {stage.dest}")
+            if done := _up_to_date(rs, stage, rs.source.name, url, sha):
+                return done
+            how = _link_or_copy_tree(src, stage.work, rs.follow_links, name)
             _finish_layout(rs, stage.work)
             record = {"source": rs.source.name, "url": url, "sha256": sha, "bytes": size, "layout": layout}
-            stage.commit(stage.work, record)
-            return {"status": how, **record}
+            out = _commit(rs, stage, stage.work, record, how, _Origin(stage.work, str(src), folder=True))
+            _log(f"{name}: {how} {path} -> {stage.dest}")
+            return out
         sha, size = sha256_file(path), path.stat().st_size
         if rs.sha256 and sha != rs.sha256:
             raise DownloadError(f"data.datasets.{name}: checksum mismatch for {path}: expected sha256 "
                                 f"{rs.sha256}, got {sha}; the file is not used")
-        if _is_current(stage.dest, rs.source.name, url, layout, sha):
-            return {"status": "up to date", **_read_source(stage.dest)}
+        if done := _up_to_date(rs, stage, rs.source.name, url, sha):
+            return done
         where = path
     _log(f"{name}: extracting {where}")
-    extract(where, stage.work)
+    extract(where, stage.work, max_bytes=cfg.download.max_extract_bytes,
+            max_ratio=cfg.download.max_compression_ratio)
     root = pick_root(stage.work, rs.inner)
     _finish_layout(rs, root)
     record = {"source": rs.source.name, "url": url, "sha256": sha, "bytes": size, "layout": layout}
-    stage.commit(root, record)
-    return {"status": "extracted", **record}
+    return _commit(rs, stage, root, record, "extracted",
+                   _Origin(stage.work, str(where), downloaded=rs.mode == "download"))
 
 
 def _finish_layout(rs: ResolvedSource, root: Path) -> None:
@@ -510,7 +605,9 @@ def _resolve(name: str, spec: DatasetSpec, base: Path) -> ResolvedSource:
 
 def fetch_dataset(name: str, spec: DatasetSpec, cfg: Config, base_dir: str | Path | None = None) -> dict:
     """Fetch one ``data.datasets`` entry into ``<data.root>/raw/<name>``; returns its SOURCE.json
-    record plus ``root`` and ``status`` (generated / extracted / hard-linked / copied / up to date).
+    record plus ``root``, ``status`` (generated / extracted / hard-linked / copied / up to date) and
+    ``index``, the parsed :class:`DatasetIndex` of the result (its ``skipped``: listed images left
+    out under ``missing: skip``).
     Relative ``data.root``, ``download.cache_dir`` and dataset paths start at ``base_dir``
     (default: the current folder; the stage script passes the folder of params.yaml)."""
     base = Path(base_dir) if base_dir is not None else Path.cwd()
@@ -533,8 +630,9 @@ def fetch_dataset(name: str, spec: DatasetSpec, cfg: Config, base_dir: str | Pat
 
 def fetch_all(cfg: Config, base_dir: str | Path | None = None,
               log: Callable[[str], None] = _log) -> dict[str, dict]:
-    """Every dataset of ``data.datasets`` -> ``{name: {"root", "status", "source", "url", "sha256",
-    "bytes", "layout"}}``. Raises :class:`DownloadError` naming the dataset key on failure."""
+    """Every dataset of ``data.datasets`` -> ``{name: {"root", "status", "index", "source", "url",
+    "sha256", "bytes", "layout"[, "missing"]}}``. Raises :class:`DownloadError` naming the dataset
+    key on failure."""
     if not cfg.data.datasets:
         raise DownloadError("data.datasets: empty; name at least one dataset (see params.yaml)")
     base = Path(base_dir) if base_dir is not None else Path.cwd()

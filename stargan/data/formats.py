@@ -3,7 +3,10 @@
 The synthetic generator writes these same formats, so the code below is exercised on every
 ``dvc repro`` and reads real CelebA / RaFD / AFHQ folders unchanged. Every problem (missing
 file, malformed row, unknown attribute) raises :class:`DataFormatError` naming the file, the
-line and the fix; nothing is skipped silently.
+line and the fix; nothing is skipped silently. The one exception is asked for by name: with
+``missing="skip"`` (``data.datasets.<name>.missing``) the celeba layout leaves out listed images
+that are absent from the image folder, and lists their keys in :attr:`DatasetIndex.skipped` so the
+caller reports them.
 
 Layouts
 -------
@@ -23,14 +26,32 @@ from typing import Any
 
 import numpy as np
 
+from stargan.errors import StarganError
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 SPLIT_NAMES = {0: "train", 1: "val", 2: "test"}
 RAFD_EXPRESSIONS = ("angry", "contemptuous", "disgusted", "fearful", "happy", "neutral", "sad", "surprised")
 CELEBA_LANDMARK_FILES = ("list_landmarks_celeba.txt", "list_landmarks_align_celeba.txt")
 
 
-class DataFormatError(ValueError):
+class DataFormatError(StarganError, ValueError):
     """Raw data that does not match its declared layout."""
+
+
+def first_names(names: list[str], n: int = 5) -> str:
+    """'a, b, c, ...': enough names to find the problem without flooding the line."""
+    return ", ".join(names[:n]) + (", ..." if len(names) > n else "")
+
+
+class MissingImagesError(DataFormatError):
+    """Images the list files name that are not in the image folder (``missing: error``); the
+    fields let the download stage give advice that fits where the files came from."""
+
+    def __init__(self, img_dir: Path, absent: list[str], listed: int, list_file: Path, name: str):
+        self.img_dir, self.absent, self.listed, self.list_file = img_dir, absent, listed, list_file
+        super().__init__(f"{img_dir}: {len(absent)} of the {listed} images listed in {list_file.name} are "
+                         f"missing ({first_names(absent)}); add them, or set data.datasets.{name}.missing: "
+                         "skip to leave them out")
 
 
 @dataclass(frozen=True)
@@ -51,6 +72,7 @@ class DatasetIndex:
     label_names: list[str]
     label_kind: str                # "multi" (independent binary attributes) | "onehot" (one class)
     records: list[RawRecord]
+    skipped: list[str] = field(default_factory=list)   # listed keys left out under missing: skip
 
 
 def _lines(path: Path) -> list[str]:
@@ -86,11 +108,16 @@ def _image_dir(root: Path) -> Path:
     for name in ("img_celeba", "img_align_celeba", "images"):
         if (root / name).is_dir():
             return root / name
-    raise DataFormatError(f"{root}: no image folder; the CelebA layout expects img_celeba/ or img_align_celeba/")
+    raise DataFormatError(f"{root}: no image folder (or an empty one); the CelebA layout expects the images "
+                          "in img_celeba/ or img_align_celeba/")
 
 
-def read_celeba(root: Path, attributes: list[str], name: str = "celeba") -> DatasetIndex:
-    """CelebA's list files -> records with the selected attributes as 0/1 labels."""
+def read_celeba(root: Path, attributes: list[str], name: str = "celeba", missing: str = "error") -> DatasetIndex:
+    """CelebA's list files -> records with the selected attributes as 0/1 labels.
+
+    An image on disk without a label row is always an error (its labels are unknown). A listed
+    image that is absent is an error with ``missing="error"``; with ``"skip"`` (a partial copy
+    of CelebA: the official lists, fewer images) it is left out and named in ``skipped``."""
     root = Path(root)
     img_dir = _image_dir(root)
     attr_path = root / "list_attr_celeba.txt"
@@ -99,9 +126,9 @@ def read_celeba(root: Path, attributes: list[str], name: str = "celeba") -> Data
         raise DataFormatError(f"{name}: the celeba layout needs data.datasets.{name}.attributes, "
                               f"e.g. [Black_Hair, Blond_Hair, Brown_Hair, Male, Young]; "
                               f"{attr_path.name} has: {', '.join(all_names)}")
-    missing = [a for a in attributes if a not in all_names]
-    if missing:
-        raise DataFormatError(f"data.datasets.{name}.attributes: {', '.join(missing)} not in {attr_path}; "
+    unknown = [a for a in attributes if a not in all_names]
+    if unknown:
+        raise DataFormatError(f"data.datasets.{name}.attributes: {', '.join(unknown)} not in {attr_path}; "
                               f"available: {', '.join(all_names)}")
     cols = [all_names.index(a) for a in attributes]
 
@@ -160,11 +187,15 @@ def read_celeba(root: Path, attributes: list[str], name: str = "celeba") -> Data
         raise DataFormatError(f"{img_dir}: {len(unlabelled)} image(s) have no row in {attr_path.name} "
                               f"(first: {unlabelled[0]}); add their labels or remove them")
     absent = sorted(labelled - on_disk)
-    if absent:
-        raise DataFormatError(f"{img_dir}: {len(absent)} of the {len(labelled)} images listed in "
-                              f"{attr_path.name} are missing (first: {absent[0]}); an interrupted "
-                              "download or extraction? Re-run the download stage, or trim the list files")
-    return DatasetIndex(name=name, layout="celeba", label_names=list(attributes), label_kind="multi", records=records)
+    if absent and missing != "skip":
+        raise MissingImagesError(img_dir, absent, len(labelled), attr_path, name)
+    if absent and len(absent) == len(labelled):
+        raise DataFormatError(f"{img_dir}: none of the {len(labelled)} images listed in {attr_path.name} is "
+                              f"there ({first_names(absent)}), so missing: skip leaves no image; put the "
+                              "images in this folder")
+    records = [r for r in records if r.key in on_disk]
+    return DatasetIndex(name=name, layout="celeba", label_names=list(attributes), label_kind="multi",
+                        records=records, skipped=absent)
 
 
 def _attr_value(v: str) -> int:
@@ -232,10 +263,13 @@ def read_class_folders(root: Path, classes: list[str], layout: str, name: str) -
     return DatasetIndex(name=name, layout=layout, label_names=list(classes), label_kind="onehot", records=records)
 
 
-def read_dataset(root: Path, layout: str, attributes: list[str], name: str) -> DatasetIndex:
-    """Dispatch on the layout name from params (``data.datasets.<name>.layout``)."""
+def read_dataset(root: Path, layout: str, attributes: list[str], name: str,
+                 missing: str = "error") -> DatasetIndex:
+    """Dispatch on the layout name from params (``data.datasets.<name>.layout``). ``missing``
+    (``data.datasets.<name>.missing``) only matters for celeba: in rafd/folders the images on
+    disk are the listing, so none can be missing."""
     if layout == "celeba":
-        return read_celeba(root, attributes, name)
+        return read_celeba(root, attributes, name, missing)
     if layout in ("rafd", "folders"):
         return read_class_folders(root, attributes, layout, name)
     raise DataFormatError(f"data.datasets.{name}.layout: unknown layout {layout!r}; use celeba, rafd or folders")

@@ -37,13 +37,15 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from stargan.errors import StarganError
+
 #: Refuse images above this many pixels (a decompression bomb guard); 16k x 16k.
 MAX_PIXELS = 16384 * 16384
 
 _BytesLike = (bytes, bytearray, memoryview)
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(StarganError, ValueError):
     """A file or byte string that cannot be decoded to an RGB image; the message says why."""
 
 

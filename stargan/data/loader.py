@@ -59,8 +59,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from stargan.config import TrainConfig
 from stargan.data.domains import DomainMap, resolve_domains
-from stargan.data.imageio import decode_shard_image
-from stargan.data.shards import REPAIR, ShardError, open_shard, read_manifest, split_entries
+from stargan.data.imageio import ImageDecodeError, decode_shard_image
+from stargan.data.shards import REPAIR, ShardError, open_shard, split_entries, verify_shards
 from stargan.data.transforms import build_transform
 
 log = logging.getLogger(__name__)
@@ -78,8 +78,11 @@ def _worker() -> tuple[int, int]:
     return (0, 1) if info is None else (info.id, info.num_workers)
 
 
-def _decode_all(images: Sequence[bytes], keys: Sequence[str]) -> list[np.ndarray]:
-    return [decode_shard_image(b, name=f"shard image {k!r}") for b, k in zip(images, keys)]
+def _decode_all(images: Sequence[bytes], keys: Sequence[str], shard_dir: Path) -> list[np.ndarray]:
+    try:
+        return [decode_shard_image(b, name=f"image {k!r}") for b, k in zip(images, keys)]
+    except ImageDecodeError as e:
+        raise ShardError(f"{shard_dir}: {e}; {REPAIR}") from None
 
 
 # -------------------------------------------------------------------------------- units
@@ -93,8 +96,8 @@ class Unit:
 
 
 def list_units(shard_dir: Path, split: str) -> tuple[dict, list[Unit]]:
-    """The manifest and the split's units in file order (row counts from parquet footers)."""
-    manifest = read_manifest(shard_dir)
+    """The verified manifest and the split's units in file order (row counts from parquet footers)."""
+    manifest = verify_shards(shard_dir)
     entries = split_entries(manifest, split)
     if not entries:
         raise ShardError(f"{shard_dir}: no '{split}' rows in manifest.json "
@@ -244,7 +247,7 @@ class TrainStream(IterableDataset):
                                            rows.column("labels").to_pylist()):
                 keys[j], images[j], labels[j] = k, img, lab
         transform = self.transform.as_uint8 if self.uint8 else self.transform
-        pixels = transform(_decode_all(images, keys), seed=_seed(self.seed, self.rank, b, 0xA06))
+        pixels = transform(_decode_all(images, keys, self.shard_dir), seed=_seed(self.seed, self.rank, b, 0xA06))
         return {"image": pixels, "label": torch.tensor(labels, dtype=torch.float32), "key": keys}
 
     def __iter__(self) -> Iterator[dict]:
@@ -308,7 +311,7 @@ class BalancedStream(IterableDataset):
         d = self.draw(b)
         rows = np.concatenate([d["src"], d["ref"], d["ref2"]])
         keys = self.keys.take(rows).to_pylist()
-        images = _decode_all(self.images.take(rows).to_pylist(), keys)
+        images = _decode_all(self.images.take(rows).to_pylist(), keys, self.shard_dir)
         transform = self.transform.as_uint8 if self.uint8 else self.transform
         x = transform(images, seed=_seed(self.seed, self.rank, b, 0xA06))
         x_src, x_ref, x_ref2 = x.split(self.batch_size)
@@ -356,7 +359,7 @@ def make_loader(stream: IterableDataset, num_workers: int = 0, pin_memory: bool 
 def iter_split(shard_dir: str | Path, split: str, batch_size: int, image_size: int) -> Iterator[dict]:
     """Every row of ``split`` once, in shard order: ``image, label, key, identity int64 [B],
     matrix float32 [B,2,3], extra`` (list of dicts; ``{}`` for real data). Last batch may be short."""
-    manifest = read_manifest(shard_dir)
+    manifest = verify_shards(shard_dir)
     entries = split_entries(manifest, split)
     if not entries:
         raise ShardError(f"{shard_dir}: no '{split}' rows in manifest.json")
@@ -365,7 +368,7 @@ def iter_split(shard_dir: str | Path, split: str, batch_size: int, image_size: i
 
     def emit(rows: list[dict]) -> dict:
         keys = [r["key"] for r in rows]
-        return {"image": transform(_decode_all([r["image"] for r in rows], keys)),
+        return {"image": transform(_decode_all([r["image"] for r in rows], keys, Path(shard_dir))),
                 "label": torch.tensor([r["labels"] for r in rows], dtype=torch.float32).reshape(len(rows), -1),
                 "key": keys,
                 "identity": torch.tensor([r["identity"] for r in rows], dtype=torch.int64),

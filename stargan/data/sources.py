@@ -19,9 +19,10 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from stargan.config import LAYOUTS, DatasetSpec
+from stargan.errors import StarganError
 
 
-class SourceError(ValueError):
+class SourceError(StarganError, ValueError):
     """A dataset entry that cannot be resolved to something to fetch."""
 
 
@@ -106,6 +107,9 @@ class ResolvedSource:
     aligned: bool
     crop: int                    # centre crop in raw pixels; 0 = whole image
     inner: str | None
+    attributes: tuple[str, ...] = ()   # label order, for the layout's reader
+    missing: str = "error"       # celeba layout: listed images absent -> "error" | "skip"
+    follow_links: bool = False   # local folders: follow links that leave the folder
 
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -144,7 +148,8 @@ def resolve(name: str, spec: DatasetSpec) -> ResolvedSource:
                           url=url if mode == "download" else None,
                           path=path if mode == "local" else None, sha256=sha,
                           aligned=spec.aligned or src.aligned, crop=spec.crop or src.crop,
-                          inner=src.inner)
+                          inner=src.inner, attributes=tuple(spec.attributes), missing=spec.missing,
+                          follow_links=spec.follow_links)
 
 
 def official_crop(spec: DatasetSpec) -> int:

@@ -85,7 +85,7 @@ def evaluate_checkpoint(cfg: Config, repo_root: Path, checkpoint: Path | None = 
     reports/eval_details.json (per-metric metadata: image counts, skipped targets, classifier
     scores), plots/eval_*.csv, plots/eval_grids/*.png, all also logged to the model's MLflow run."""
     from stargan.inference import model_from_state
-    from stargan.stage import write_json
+    from stargan.files import sha256_file, write_json
     from stargan.tracking import resolve_tracking_uri
     from stargan.training.checkpoint import check_compatible, load_state
     from stargan.evaluation.report import log_to_mlflow, sample_grids, write_plots
@@ -99,6 +99,7 @@ def evaluate_checkpoint(cfg: Config, repo_root: Path, checkpoint: Path | None = 
     log(f"[evaluate] {state.model} checkpoint at step {state.step} on {device}")
     report = evaluate_model(model, cfg, repo_root, device=device, verbose=True)
     results, ctx = report.pop("_results"), report.pop("_ctx")
+    report["info"]["checkpoint_sha256"] = sha256_file(path)     # which model these numbers belong to
     files = [write_json(repo_root / "metrics" / "eval.json", report),
              write_json(repo_root / "reports" / "eval_details.json",
                         {name: r.to_dict() for name, r in results.items()})]

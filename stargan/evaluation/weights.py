@@ -62,7 +62,7 @@ def fix_text(files: list[WeightFile]) -> str:
 
 def _verify(path: Path, spec: WeightFile) -> None:
     if spec.sha256_prefix:
-        from stargan.data.download import sha256_file
+        from stargan.files import sha256_file
 
         digest = sha256_file(path)
         if not digest.startswith(spec.sha256_prefix):

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from stargan.errors import StarganError
+
 FORMAT = "stargan-checkpoint/1"
 FILENAME = "checkpoint.pt"
 
@@ -30,7 +32,7 @@ ARCH_KEYS = ("train.model", "train.image_size", "train.datasets", "train.v1.g_co
              "train.v2.max_conv_dim", "train.v2.mapping_hidden", "train.v2.w_hpf", "train.v2.domains")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(StarganError, RuntimeError):
     """A checkpoint that cannot be used: unreadable, unsafe, or from an incompatible config."""
 
 
@@ -99,22 +101,46 @@ def save_state(state: TrainState, path: str | Path) -> Path:
 
 
 def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> TrainState:
-    """Load with ``weights_only=True``; anything else (pickled objects, other formats) is refused."""
+    """Load with ``weights_only=True``; anything else (pickled objects, other formats, a file cut
+    short, a dict missing a field) is refused with a :class:`CheckpointError` naming the file."""
     path = Path(path)
     if path.is_dir():
         path = path / FILENAME
     if not path.exists():
         raise CheckpointError(f"{path}: no checkpoint there")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes): an interrupted copy? Use another checkpoint "
+                              "or train again")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises several types; all mean "not safe/not ours"
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise CheckpointError(f"{path}: refused to load: not a safe stargan checkpoint "
-                              f"(weights-only load failed: {str(e).splitlines()[0][:200]})") from None
+                              f"(weights-only load failed: {reason})") from None
+    return _state_from_payload(payload, path)
+
+
+#: Fields every checkpoint holds, with the type each must have.
+_FIELDS = {"step": int, "model": str, "config_json": str, "nets": dict, "optims": dict, "rng": dict,
+           "extra_json": str}
+
+
+def _state_from_payload(payload: Any, path: Path) -> TrainState:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a {FORMAT} file (format={payload.get('format') if isinstance(payload, dict) else type(payload).__name__})")
-    return TrainState(step=payload["step"], model=payload["model"], config=json.loads(payload["config_json"]),
-                      nets=payload["nets"], optims=payload["optims"], rng=payload["rng"],
-                      extra=json.loads(payload["extra_json"]))
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(f"{path}: not a {FORMAT} file (format={found!r})")
+    bad = [f"'{k}' missing" if k not in payload else f"'{k}' is {type(payload[k]).__name__}, not {t.__name__}"
+           for k, t in _FIELDS.items() if not isinstance(payload.get(k), t) or isinstance(payload.get(k), bool)]
+    if bad:
+        raise CheckpointError(f"{path}: damaged {FORMAT} file: {', '.join(bad)}")
+    if payload["step"] < 0 or payload["model"] not in ("v1", "v2"):
+        raise CheckpointError(f"{path}: damaged {FORMAT} file: step {payload['step']}, model {payload['model']!r}")
+    try:
+        config, extra = json.loads(payload["config_json"]), json.loads(payload["extra_json"])
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: damaged {FORMAT} file: its config is not valid JSON ({e})") from None
+    return TrainState(step=payload["step"], model=payload["model"], config=config, nets=payload["nets"],
+                      optims=payload["optims"], rng=payload["rng"], extra=extra)
 
 
 def capture_rng(generators: dict[str, torch.Generator]) -> dict[str, torch.Tensor]:

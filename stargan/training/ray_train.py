@@ -20,9 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stargan.config import Config, config_from_dict
+from stargan.config import TUNED_FILE, Config, config_from_dict, loss_weights_summary, resolve_tuned, tuned_keys
+from stargan.data.shards import verify_shards
+from stargan.errors import StarganError, one_line
 from stargan.storage import open_storage, ray_run_config_kwargs
-from stargan.training.checkpoint import FILENAME, TrainState, load_state, save_state
+from stargan.training.checkpoint import FILENAME, CheckpointError, TrainState, load_state, save_state
 from stargan.training.errors import TrainingError
 
 
@@ -34,6 +36,10 @@ class TrainOutcome:
     mlflow_run_id: str
     tracking_uri: str
     run_name: str
+
+
+#: In a run's storage folder: why the workers stopped early (bad input, a non-finite loss).
+STOP_FILE = "stopped.txt"
 
 
 def shard_dirs(cfg: Config, repo_root: Path) -> dict[str, Path]:
@@ -82,7 +88,11 @@ class _RayHooks:
         if ckpt is None:
             return None
         with ckpt.as_directory() as d:
-            return load_state(Path(d) / FILENAME)
+            try:
+                return load_state(Path(d) / FILENAME)
+            except CheckpointError as e:
+                raise CheckpointError(f"{e}. It is the last checkpoint of this Ray Train run ({ckpt.path}): "
+                                      "delete that run's folder to train from scratch") from None
 
     def report(self, metrics: dict[str, Any], state: TrainState | None) -> None:
         import ray.train
@@ -120,30 +130,32 @@ def _worker_entry(config: dict) -> None:
     logger = RunLogger(config["tracking_uri"], config["run_id"], local_log=log_path) if rank == 0 else None
     # Where an operator (or the fault test) finds each worker's process to inspect or kill.
     (log_path.parent / f"worker-{rank}.pid").write_text(str(os.getpid()))
-    result = run_worker(cfg, wctx, _RayHooks(rank), logger)
-    if result.status != "finished":
-        ray.train.report({"nonfinite": 1.0, "message": result.message, "step": float(result.step)})
+    try:
+        result = run_worker(cfg, wctx, _RayHooks(rank), logger)
+        message = result.message if result.status != "finished" else ""
+    except StarganError as e:
+        # Bad input (a checkpoint the weights-only loader refuses, a damaged shard): a restart would
+        # meet it again, so end the run with its one-line reason instead of raising into Ray's retries.
+        message = one_line(e)
+    if message and rank == 0:
+        # Ray Train's result carries the metrics of the last *checkpoint*, not of the last report,
+        # so the reason goes to the run's storage folder, which the driver reads after fit().
+        open_storage(config["storage"], Path(config["repo_root"])).write_text(config["stop_file"], message)
 
 
 def _init_ray(cfg: Config) -> bool:
     """Join the configured cluster (params, then RAY_ADDRESS) or start a local one. Returns True
-    when this call started Ray (and so should shut it down)."""
-    import ray
+    when this call started Ray (and so should shut it down). A local one listens on 127.0.0.1
+    only (stargan/training/ray_cluster.py, docs/security.md)."""
+    from stargan.training.ray_cluster import init_ray
 
-    if ray.is_initialized():
-        return False
-    address = cfg.train.ray.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-        return True
     need = cfg.train.ray.num_workers * cfg.train.ray.cpus_per_worker + 1
-    # A local instance: its dashboard / job API (which runs arbitrary commands) on loopback only.
-    ray.init(num_cpus=max(int(need + 0.999), os.cpu_count() or 1), log_to_driver=True, dashboard_host="127.0.0.1")
-    return True
+    return init_ray(cfg.train.ray.address, num_cpus=max(int(need + 0.999), os.cpu_count() or 1))
 
 
 def fit(cfg: Config, repo_root: Path, *, run_name: str | None = None) -> TrainOutcome:
-    """Train ``cfg`` on Ray Train, tracked in MLflow; returns where the final model is."""
+    """Train ``cfg`` (as loaded from params: loss weights set to ``tuned`` take the sweep's values
+    from ``<repo_root>/tuned.yaml``) on Ray Train, tracked in MLflow; returns where the final model is."""
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -151,6 +163,11 @@ def fit(cfg: Config, repo_root: Path, *, run_name: str | None = None) -> TrainOu
     from stargan.tracking import resolve_tracking_uri
 
     repo_root = repo_root.resolve()
+    tuned = tuned_keys(cfg)
+    cfg = resolve_tuned(cfg, repo_root / TUNED_FILE)
+    print(f"[stargan] loss weights: {loss_weights_summary(cfg, tuned)}", flush=True)
+    for ds, d in sorted(shard_dirs(cfg, repo_root).items()):
+        verify_shards(d)       # fail here, in one line, before Ray starts (workers check their copy too)
     name = run_name or run_name_for(cfg, repo_root)
     # Checkpoints and the run record go to train.ray.storage_path: a folder or a URI (s3://, gs://,
     # file://, any fsspec scheme; see stargan/storage.py). history.jsonl and the worker pid files
@@ -159,15 +176,16 @@ def fit(cfg: Config, repo_root: Path, *, run_name: str | None = None) -> TrainOu
     run_dir = (store.local_root or repo_root / "ray_results") / name
     run_dir.mkdir(parents=True, exist_ok=True)
     tracking_uri = resolve_tracking_uri(cfg.train.mlflow.tracking_uri, repo_root)
-    run_file = f"{name}/mlflow_run.json"
+    run_file, stop_file = f"{name}/mlflow_run.json", f"{name}/{STOP_FILE}"
     if store.exists(run_file):
         run_id = json.loads(store.read_text(run_file))["run_id"]
     else:
-        run_id = _start_mlflow_run(cfg, repo_root, tracking_uri, name, run_dir)
+        run_id = _start_mlflow_run(cfg, repo_root, tracking_uri, name, run_dir, tuned)
         store.write_text(run_file, json.dumps({"run_id": run_id, "tracking_uri": tracking_uri}))
     if not run_id:
         _warn_offline(cfg, tracking_uri, name, run_dir)
 
+    store.delete(stop_file)
     started = _init_ray(cfg)
     try:
         r = cfg.train.ray
@@ -176,7 +194,8 @@ def fit(cfg: Config, repo_root: Path, *, run_name: str | None = None) -> TrainOu
             _worker_entry,
             train_loop_config={"params": cfg.to_dict(), "shard_root": str(repo_root / cfg.data.root / "shards"),
                                "run_id": run_id, "tracking_uri": tracking_uri,
-                               "log_path": str(run_dir / "history.jsonl")},
+                               "log_path": str(run_dir / "history.jsonl"), "stop_file": stop_file,
+                               "storage": store.uri, "repo_root": str(repo_root)},
             scaling_config=ray.train.ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu,
                                                    resources_per_worker=resources),
             run_config=ray.train.RunConfig(name=name, **ray_run_config_kwargs(store),
@@ -186,10 +205,12 @@ def fit(cfg: Config, repo_root: Path, *, run_name: str | None = None) -> TrainOu
     finally:
         if started:
             ray.shutdown()
-    return _finish(cfg, repo_root, result, run_dir, run_id, tracking_uri, name)
+    stopped = store.read_text(stop_file) if store.exists(stop_file) else ""
+    return _finish(cfg, repo_root, result, run_dir, run_id, tracking_uri, name, stopped)
 
 
-def _start_mlflow_run(cfg: Config, repo_root: Path, tracking_uri: str, name: str, run_dir: Path) -> str:
+def _start_mlflow_run(cfg: Config, repo_root: Path, tracking_uri: str, name: str, run_dir: Path,
+                      tuned: list[str]) -> str:
     """The MLflow run id, or "" (an offline run) when the tracking store cannot be used: training
     must not fail, or wait minutes on client retries, because a tracking server is down."""
     from stargan.tracking import ensure_experiment, resolve_artifact_root, server_reachable, start_run
@@ -201,7 +222,8 @@ def _start_mlflow_run(cfg: Config, repo_root: Path, tracking_uri: str, name: str
         exp_id = ensure_experiment(tracking_uri, cfg.train.mlflow.experiment,
                                    resolve_artifact_root(cfg.train.mlflow.artifact_root, repo_root))
         return start_run(tracking_uri, exp_id, name, cfg.to_dict()["train"] | {"datasets": cfg.train.datasets},
-                         tags={"stargan.model": cfg.train.model, "stargan.run_name": name})
+                         tags={"stargan.model": cfg.train.model, "stargan.run_name": name,
+                               "stargan.tuned": ",".join(tuned) or "-"}, repo_root=repo_root)
     except Exception as e:  # noqa: BLE001 - any store/transport failure: train without tracking
         print(f"[stargan] WARNING: cannot open an MLflow run at {tracking_uri} ({type(e).__name__}: "
               f"{str(e)[:200]})", file=sys.stderr)
@@ -216,7 +238,9 @@ def _warn_offline(cfg: Config, tracking_uri: str, name: str, run_dir: Path) -> N
 
 
 def _finish(cfg: Config, repo_root: Path, result: Any, run_dir: Path, run_id: str, tracking_uri: str,
-            name: str) -> TrainOutcome:
+            name: str, stopped: str) -> TrainOutcome:
+    """Copy the final checkpoint to train.output_dir and close the MLflow run, or raise
+    :class:`TrainingError` with why the workers stopped (``stopped``: their one-line reason)."""
     from mlflow.tracking import MlflowClient
 
     from stargan.tracking import server_reachable
@@ -230,9 +254,9 @@ def _finish(cfg: Config, repo_root: Path, result: Any, run_dir: Path, run_id: st
     if getattr(result, "error", None) is not None:
         client.set_terminated(run_id, "FAILED")
         raise TrainingError(f"training failed after {cfg.train.ray.max_failures} restart(s): {result.error}")
-    if metrics.get("nonfinite"):
+    if stopped:
         client.set_terminated(run_id, "FAILED")
-        raise TrainingError(str(metrics.get("message", "non-finite loss")))
+        raise TrainingError(stopped)
     if result.checkpoint is None:
         raise TrainingError("training ended without a checkpoint")
     out_dir = (repo_root / cfg.train.output_dir).resolve()

@@ -12,7 +12,7 @@ import torch
 
 from stargan.config import Config
 from stargan.data.loader import iter_split, make_loader, train_stream
-from stargan.data.shards import read_manifest, split_entries
+from stargan.data.shards import split_entries, verify_shards
 from stargan.training import v1_step
 from stargan.training.checkpoint import TrainState, capture_rng, restore_rng
 from stargan.training.distributed import broadcast_module, make_sync_grads
@@ -24,7 +24,7 @@ SAMPLE_ROWS = 4     # fixed validation inputs per dataset in the sample grids
 
 def fixed_inputs(shard_dir, image_size: int, n: int) -> dict:
     """The first ``n`` held-out images (val, else test, else train) in a stable order."""
-    manifest = read_manifest(shard_dir)
+    manifest = verify_shards(shard_dir)
     for split in ("val", "test", "train"):
         if split_entries(manifest, split):
             return next(iter_split(shard_dir, split, n, image_size))
@@ -36,7 +36,7 @@ class V1Trainer:
         t = cfg.train
         self.cfg, self.ctx = cfg, ctx
         self.dirs = [ctx.shard_root / name for name in t.datasets]
-        manifests = [read_manifest(d) for d in self.dirs]
+        manifests = [verify_shards(d) for d in self.dirs]
         self.layout = LabelLayout([(name, m["label_names"], m["label_kind"]) for name, m in zip(t.datasets, manifests)])
         self.nets, self.optims = v1_step.build_v1(t, self.layout, ctx.device)
         broadcast_module(self.nets.G)

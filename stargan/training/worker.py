@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from stargan.config import Config
+from stargan.config import TUNED, Config, ConfigError, tuned_keys
 from stargan.training.checkpoint import TrainState, check_compatible
 from stargan.training.distributed import all_reduce_mean
 from stargan.training.errors import NonFiniteLossError
@@ -79,6 +79,9 @@ def run_worker(cfg: Config, ctx: WorkerContext, hooks: Hooks, logger=None) -> Lo
     at checkpoints so a restarted worker never logs a step twice.
     """
     t = cfg.train
+    if tuned_keys(cfg):
+        raise ConfigError(f"{', '.join(tuned_keys(cfg))}: still '{TUNED}' in the training config; the entry point "
+                          "must resolve it from tuned.yaml first (stargan.config.resolve_tuned)")
     trainer = build_trainer(cfg, ctx)
     start = 0
     state = hooks.resume()
