@@ -15,10 +15,10 @@ from stargan.stage import run_stage
 
 
 def main(cfg, root: Path) -> None:
-    from stargan.export import export_checkpoint
+    from stargan.registry import export_and_register
 
     e = cfg.export
-    report, reg = export_checkpoint(cfg, root, root / cfg.train.output_dir / "checkpoint.pt", register=e.register)
+    report, reg = export_and_register(cfg, root, root / cfg.train.output_dir / "checkpoint.pt", register=e.register)
     summary = {"parity_max": report["parity_max"]}
     for g, entry in report["graphs"].items():
         summary.update({f"{g}/latency_ms/{k}": v for k, v in entry["latency_ms"].items()})

@@ -31,7 +31,7 @@ def main(cfg, root: Path) -> None:
             w.writerow([r["step"], *[r.get(k, "") for k in keys]])
     final = {k: v for k, v in out.metrics.items() if isinstance(v, (int, float))}
     write_json(root / "metrics" / "train.json", {"model": cfg.train.model, **final})
-    print(f"[train] {out.run_name}: checkpoint {out.checkpoint}, MLflow run {out.mlflow_run_id} at {out.tracking_uri}")
+    print(f"[train] {out.run_name}: checkpoint {out.checkpoint}, MLflow run {out.run_id} at {out.tracking_uri}")
 
 
 if __name__ == "__main__":

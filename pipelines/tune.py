@@ -28,7 +28,7 @@ def main(cfg, root: Path) -> None:
         lam = ", ".join(f"{k}={v:.4g}" for k, v in best["best"].items())
         print(f"[tune] {best['name']}: {len(best['trials'])} trials in {best['seconds']} s; best {lam} "
               f"({best['objective']}={best['best_value']:.4g}) -> tuned.yaml; MLflow parent run "
-              f"{best['mlflow_parent_run_id']}")
+              f"{best['parent_run_id']}")
     else:
         print(f"[tune] no loss weight of train.{cfg.train.model} is set to 'tuned': no sweep (tuned.yaml is empty)")
 

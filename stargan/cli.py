@@ -28,7 +28,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from stargan.training.ray_train import fit
 
     out = fit(cfg, root)
-    print(json.dumps({"checkpoint": str(out.checkpoint), "mlflow_run_id": out.mlflow_run_id,
+    print(json.dumps({"checkpoint": str(out.checkpoint), "mlflow_run_id": out.run_id,
                       "tracking_uri": out.tracking_uri, "run_name": out.run_name,
                       "metrics": {k: v for k, v in out.metrics.items() if isinstance(v, (int, float))}}, indent=2))
     return 0
@@ -67,16 +67,12 @@ def cmd_bench_load(args: argparse.Namespace) -> int:
 
 def cmd_mlflow_upload(args: argparse.Namespace) -> int:
     """Send the history of a run trained while MLflow was unreachable (see stargan.tracking)."""
-    from stargan.tracking import resolve_artifact_root, resolve_tracking_uri, upload_history
+    from stargan.tracking import Tracker, upload_run
 
-    cfg = _load(args)
-    root = Path(args.params).resolve().parent
-    run_dir = Path(args.run_dir)
-    uri = resolve_tracking_uri(cfg.train.mlflow.tracking_uri, root)
-    run_id = upload_history(uri, cfg.train.mlflow.experiment, run_dir.name, run_dir / "history.jsonl",
-                            artifact_location=resolve_artifact_root(cfg.train.mlflow.artifact_root, root))
-    (run_dir / "mlflow_run.json").write_text(json.dumps({"run_id": run_id, "tracking_uri": uri}))
-    print(json.dumps({"mlflow_run_id": run_id, "tracking_uri": uri, "run_name": run_dir.name}, indent=2))
+    tracker = Tracker.for_config(_load(args), Path(args.params).resolve().parent)
+    run_id = upload_run(tracker, Path(args.run_dir))
+    print(json.dumps({"mlflow_run_id": run_id, "tracking_uri": tracker.uri, "run_name": Path(args.run_dir).name},
+                     indent=2))
     return 0
 
 
@@ -92,11 +88,11 @@ def cmd_translate(args: argparse.Namespace) -> int:
     try:
         tracking_uri = None
         if str(args.model).startswith(("models:/", "runs:/")):
-            from stargan.tracking import resolve_tracking_uri
+            from stargan.tracking import Tracker, resolve_tracking_uri
 
-            params = Path(args.params)
-            configured = _load(args).train.mlflow.tracking_uri if params.exists() else None
-            tracking_uri = resolve_tracking_uri(configured, params.resolve().parent)
+            root = Path(args.params).resolve().parent
+            tracking_uri = (Tracker.for_config(_load(args), root).uri if Path(args.params).exists()
+                            else resolve_tracking_uri(None, root))
         model = load_any(args.model, tracking_uri)
         inputs = list_inputs(args.input)
         done, skipped = translate_files(model, inputs, args.target, args.out, align=not args.no_align,
@@ -118,12 +114,12 @@ def cmd_translate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from stargan.export import export_checkpoint
+    from stargan.registry import export_and_register
 
     cfg = _load(args)
     root = Path(args.params).resolve().parent
     ckpt = Path(args.checkpoint) if args.checkpoint else root / cfg.train.output_dir / "checkpoint.pt"
-    report, reg = export_checkpoint(cfg, root, ckpt, register=cfg.export.register and not args.no_register)
+    report, reg = export_and_register(cfg, root, ckpt, register=cfg.export.register and not args.no_register)
     out = {"export_dir": str(root / cfg.export.output_dir), "parity_max": report["parity_max"]}
     if reg is not None:
         out["registry"] = reg.to_dict()
@@ -139,7 +135,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     best = run_sweep(cfg, root)
     write_outputs(best, root)
     print(json.dumps({k: best.get(k) for k in ("name", "searched", "best", "best_value", "objective",
-                                               "mlflow_parent_run_id")}, indent=2))
+                                               "parent_run_id")}, indent=2))
     return 0
 
 

@@ -28,24 +28,20 @@ dynamo fails on a model, the export falls back to legacy (opset 18) and says so 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from stargan.config import Config
 from stargan.errors import StarganError
+from stargan.files import staged_dir, write_json
 from stargan.inference import Model, V1Model, V2Model
-from stargan.training.checkpoint import check_compatible, load_state
 
 EXPORTERS = ("dynamo", "legacy")
 MODEL_JSON = "model.json"
@@ -54,30 +50,6 @@ REPORT_JSON = "export.json"
 
 class ExportError(StarganError, RuntimeError):
     """The export cannot be trusted (parity failed) or could not be produced; the message says why."""
-
-
-def export_checkpoint(cfg: Config, repo_root: Path, checkpoint: Path, *, register: bool) -> tuple[dict, Any]:
-    """The export stage and ``stargan export``: export ``checkpoint`` to ``export.output_dir`` and,
-    with ``register``, log and register it in MLflow (:func:`stargan.registry.register`).
-
-    The checkpoint must be one the params describe (same model kind, sizes and labels): the
-    registered version is named, described and judged by these params, so a v2 checkpoint given
-    with v1 params is refused rather than registered under the wrong description.
-    Returns ``(export report, Registered or None)``."""
-    from stargan.inference import model_from_state
-
-    state = load_state(checkpoint)
-    check_compatible(state, cfg.to_dict(), what=f"export {checkpoint} with these params (--params)")
-    e = cfg.export
-    out = Path(repo_root) / e.output_dir
-    report = export_model(model_from_state(state), out, parity_atol=e.parity_atol, exporter=e.onnx_exporter,
-                          latency_reps=e.latency_reps)
-    if not register:
-        return report, None
-    from stargan.registry import register as register_version
-
-    return report, register_version(checkpoint, cfg, repo_root, export_dir=out,
-                                    eval_json=Path(repo_root) / "metrics" / "eval.json")
 
 
 # ------------------------------------------------------------------------------ graphs
@@ -221,20 +193,11 @@ def export_model(model: Model, out_dir: str | Path, *, parity_atol: float, expor
     """
     if exporter not in EXPORTERS:
         raise ExportError(f"export.onnx_exporter: {exporter!r}; choose one of {', '.join(EXPORTERS)}")
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+    with staged_dir(Path(out_dir)) as tmp:
         report = _export_into(model, tmp, parity_atol, exporter, export_batch, check_batches,
                               latency_batches, latency_reps, seed)
-        (tmp / MODEL_JSON).write_text(json.dumps(model_metadata(model), indent=2, sort_keys=True) + "\n")
-        (tmp / REPORT_JSON).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        write_json(tmp / MODEL_JSON, model_metadata(model))
+        write_json(tmp / REPORT_JSON, report)
     return report
 
 

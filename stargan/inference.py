@@ -20,8 +20,13 @@ from torch import Tensor, nn
 
 from stargan.config import Config, config_from_dict
 from stargan.data.domains import DomainMap, resolve_domains
+from stargan.errors import StarganError
 from stargan.training.checkpoint import CheckpointError, TrainState, load_state
 from stargan.training.labels import LabelLayout
+
+
+class TranslateError(StarganError, ValueError):
+    """Bad input for a translation (no face, unknown domain, wrong model kind, unreadable image)."""
 
 
 @dataclass
@@ -185,3 +190,56 @@ def v1_targets_from_names(model: V1Model, names: Sequence[str], dataset: str | N
                     label[0, k] = 0.0
         label[0, j] = 1.0
     return layout.to_model_label(di, label)
+
+
+# ------------------------------------------------------------------ translating by name
+
+def v1_label(model: V1Model, target: str) -> Tensor:
+    names = [n.strip() for n in target.split(",") if n.strip()]
+    try:
+        return v1_targets_from_names(model, names)
+    except ValueError as e:
+        raise TranslateError(str(e)) from None
+
+
+def domain_index(model: V2Model, name: str) -> int:
+    names = model.target_names()
+    if name not in names:
+        raise TranslateError(f"unknown domain name {name!r}; this model knows: {', '.join(names)}")
+    return names.index(name)
+
+
+def latent(seed: int, latent_dim: int) -> Tensor:
+    return torch.randn(1, latent_dim, generator=torch.Generator().manual_seed(int(seed)))
+
+
+def need_kind(model: Model, kind: str, what: str) -> None:
+    """Refuse an option that only the other StarGAN version has (a seed or reference for v1)."""
+    if model.kind != kind:
+        raise TranslateError(f"{what} needs a StarGAN {kind} model; this is a {model.kind} model "
+                             f"(targets: {', '.join(model.target_names())})")
+
+
+# ------------------------------------------------------------------------------ translate
+
+@torch.no_grad()
+def translate_v1(model: Model, x: Tensor, targets: Sequence[str]) -> Tensor:
+    """Row i of ``x`` [N,3,S,S] to ``targets[i]`` (label names, comma-combined)."""
+    need_kind(model, "v1", "a label target")
+    c = torch.cat([v1_label(model, t) for t in targets])
+    return model.translate(x, c)
+
+
+@torch.no_grad()
+def translate_latent(model: Model, x: Tensor, targets: Sequence[str], seeds: Sequence[int]) -> Tensor:
+    need_kind(model, "v2", "--seed (latent-guided)")
+    y = torch.tensor([domain_index(model, t) for t in targets], dtype=torch.int64)
+    z = torch.cat([latent(s, model.latent_dim) for s in seeds])
+    return model.translate_latent(x, y, z)
+
+
+@torch.no_grad()
+def translate_reference(model: Model, x: Tensor, refs: Tensor, targets: Sequence[str]) -> Tensor:
+    need_kind(model, "v2", "--reference (reference-guided)")
+    y = torch.tensor([domain_index(model, t) for t in targets], dtype=torch.int64)
+    return model.translate_reference(x, refs, y)

@@ -42,7 +42,10 @@ import torch
 
 from stargan.config import Config
 from stargan.errors import StarganError
+from stargan.export import export_model
 from stargan.files import sha256_file
+from stargan.inference import model_from_state, translate_latent, translate_reference, translate_v1
+from stargan.training.checkpoint import check_compatible, load_state
 
 TAG_OBJECTIVE = "stargan.objective"
 TAG_OBJECTIVE_KEY = "stargan.objective_key"
@@ -90,8 +93,6 @@ def _images(arr: np.ndarray, size: int, name: str) -> torch.Tensor:
 
 def predict_arrays(model, model_input: Any) -> np.ndarray:
     """The pyfunc's contract (module docstring) on a loaded :class:`~stargan.inference.Model`."""
-    from stargan.translate import translate_latent, translate_reference, translate_v1
-
     x = _images(_column(model_input, "image"), model.image_size, "image")
     targets = [str(t) for t in _column(model_input, "target").reshape(-1)]
     if len(targets) != x.shape[0]:
@@ -259,37 +260,28 @@ class Registered:
         return dict(self.__dict__)
 
 
-def register(checkpoint: Path, cfg: Config, repo_root: Path, *, export_dir: Path | None = None,
+def register_model(checkpoint: Path, cfg: Config, repo_root: Path, *, export_dir: Path | None = None,
              eval_json: Path | None = None) -> Registered:
     """Log the checkpoint's model as a pyfunc into its training run, register it under
     ``export.registered_name`` and move ``export.alias`` if it is better (module docstring)."""
     import mlflow
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
     import stargan
-    from stargan.inference import model_from_state
-    from stargan.tracking import (ensure_experiment, provenance_tags, resolve_artifact_root, resolve_tracking_uri,
-                                  start_run)
-    from stargan.training.checkpoint import load_state
+    from stargan.tracking import RUN_ID_KEY, Tracker, provenance_tags
 
     e = cfg.export
     state = load_state(checkpoint)
     model = model_from_state(state)
-    tracking_uri = resolve_tracking_uri(cfg.train.mlflow.tracking_uri, repo_root)
-    client = MlflowClient(tracking_uri)
-    run_id = state.extra.get("mlflow_run_id")
-    if run_id:
-        try:
-            client.get_run(run_id)
-        except MlflowException:
-            print(f"[export] training run {run_id} is not in {tracking_uri}; logging into a new run")
-            run_id = None
+    tracker = Tracker.for_config(cfg, repo_root)
+    tracking_uri, client = tracker.uri, tracker.client
+    run_id = state.extra.get(RUN_ID_KEY)
+    if run_id and not tracker.has_run(run_id):
+        print(f"[export] training run {run_id} is not in {tracking_uri}; logging into a new run")
+        run_id = None
     if not run_id:
-        exp_id = ensure_experiment(tracking_uri, cfg.train.mlflow.experiment,
-                                   resolve_artifact_root(cfg.train.mlflow.artifact_root, repo_root))
-        run_id = start_run(tracking_uri, exp_id, f"export-{cfg.train.model}-step{state.step}", {},
-                           tags={"stargan.model": cfg.train.model, "stargan.kind": "export"}, repo_root=repo_root)
+        run_id = tracker.start_run(f"export-{cfg.train.model}-step{state.step}",
+                                   tags={"stargan.model": cfg.train.model, "stargan.kind": "export"})
 
     objective = read_objective(eval_json, e.objective, checkpoint)
     x = example_input(model)
@@ -327,3 +319,23 @@ def register(checkpoint: Path, cfg: Config, repo_root: Path, *, export_dir: Path
     return Registered(name=e.registered_name, version=version, model_uri=info.model_uri, run_id=run_id,
                       alias=e.alias, alias_moved=moved, reason=reason, objective=objective, tracking_uri=tracking_uri)
 
+
+def export_and_register(cfg: Config, repo_root: Path, checkpoint: Path, *, register: bool
+                        ) -> tuple[dict, Registered | None]:
+    """The export stage and ``stargan export``: export ``checkpoint`` to ``export.output_dir`` and,
+    with ``register``, log and register it (:func:`register`).
+
+    The checkpoint must be one the params describe (same model kind, sizes and labels): the
+    registered version is named, described and judged by these params, so a v2 checkpoint given
+    with v1 params is refused rather than registered under the wrong description.
+    Returns ``(export report, Registered or None)``."""
+    state = load_state(checkpoint)
+    check_compatible(state, cfg.to_dict(), what=f"export {checkpoint} with these params (--params)")
+    e = cfg.export
+    out = Path(repo_root) / e.output_dir
+    report = export_model(model_from_state(state), out, parity_atol=e.parity_atol, exporter=e.onnx_exporter,
+                          latency_reps=e.latency_reps)
+    if not register:
+        return report, None
+    return report, register_model(checkpoint, cfg, repo_root, export_dir=out,
+                                  eval_json=Path(repo_root) / "metrics" / "eval.json")

@@ -27,14 +27,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from stargan.errors import StarganError
-from stargan.inference import Model, V1Model, V2Model, v1_targets_from_names
+from stargan.inference import (Model, TranslateError, domain_index, need_kind, translate_latent, translate_reference,
+                               translate_v1, v1_label)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
-
-
-class TranslateError(StarganError, ValueError):
-    """Bad input for a translation (no face, unknown domain, wrong model kind, unreadable image)."""
 
 
 # --------------------------------------------------------------------------------- models
@@ -119,56 +115,6 @@ def split_targets(texts: Sequence[str], model: Model) -> list[str]:
     return out
 
 
-def v1_label(model: V1Model, target: str) -> Tensor:
-    names = [n.strip() for n in target.split(",") if n.strip()]
-    try:
-        return v1_targets_from_names(model, names)
-    except ValueError as e:
-        raise TranslateError(str(e)) from None
-
-
-def domain_index(model: V2Model, name: str) -> int:
-    names = model.target_names()
-    if name not in names:
-        raise TranslateError(f"unknown domain name {name!r}; this model knows: {', '.join(names)}")
-    return names.index(name)
-
-
-def latent(seed: int, latent_dim: int) -> Tensor:
-    return torch.randn(1, latent_dim, generator=torch.Generator().manual_seed(int(seed)))
-
-
-def _need(model: Model, kind: str, what: str) -> None:
-    if model.kind != kind:
-        raise TranslateError(f"{what} needs a StarGAN {kind} model; this is a {model.kind} model "
-                             f"(targets: {', '.join(model.target_names())})")
-
-
-# ------------------------------------------------------------------------------ translate
-
-@torch.no_grad()
-def translate_v1(model: Model, x: Tensor, targets: Sequence[str]) -> Tensor:
-    """Row i of ``x`` [N,3,S,S] to ``targets[i]`` (label names, comma-combined)."""
-    _need(model, "v1", "a label target")
-    c = torch.cat([v1_label(model, t) for t in targets])
-    return model.translate(x, c)
-
-
-@torch.no_grad()
-def translate_latent(model: Model, x: Tensor, targets: Sequence[str], seeds: Sequence[int]) -> Tensor:
-    _need(model, "v2", "--seed (latent-guided)")
-    y = torch.tensor([domain_index(model, t) for t in targets], dtype=torch.int64)
-    z = torch.cat([latent(s, model.latent_dim) for s in seeds])
-    return model.translate_latent(x, y, z)
-
-
-@torch.no_grad()
-def translate_reference(model: Model, x: Tensor, refs: Tensor, targets: Sequence[str]) -> Tensor:
-    _need(model, "v2", "--reference (reference-guided)")
-    y = torch.tensor([domain_index(model, t) for t in targets], dtype=torch.int64)
-    return model.translate_reference(x, refs, y)
-
-
 @dataclass
 class Translated:
     input: Path
@@ -197,7 +143,7 @@ def translate_files(model: Model, inputs: Sequence[Path], targets: Sequence[str]
     from stargan.visualize import grid, save_png
 
     if model.kind == "v1" and (seed is not None or reference is not None):
-        _need(model, "v2", "--reference" if reference is not None else "--seed")
+        need_kind(model, "v2", "--reference" if reference is not None else "--seed")
     if seed is not None and reference is not None:
         raise TranslateError("give either --seed (latent-guided) or --reference (reference-guided), not both")
     targets = split_targets(targets, model)

@@ -23,7 +23,7 @@ Two ways to run a trial, same loop, same objective:
   workers, GPUs, DDP-style gradient averaging) with ``TuneReportCallback`` — Tune over Train,
   for clusters. The dashboard stays on (a placement group leaks without it, TOOLCHAIN §3).
 
-MLflow: the sweep is a parent run; every trial is a child run (tag ``mlflow.parentRunId``) with
+MLflow: the sweep is a parent run; every trial is a nested child run with
 its λs as params and its reported metrics per training step. Only the driver writes to MLflow
 (after each trial's results come back), so the SQLite store has one writer and a multi-node
 cluster needs no access to it from the workers.
@@ -42,6 +42,7 @@ import yaml
 
 from stargan.config import SWEEPABLE, TUNED_FILE, Config, config_from_dict, tuned_keys
 from stargan.errors import StarganError
+from stargan.tracking import Tracker
 
 #: searchable λ -> where it lives in params, per model
 SEARCH = {model: {k: f"train.{model}.{k}" for k in names} for model, names in SWEEPABLE.items()}
@@ -251,7 +252,7 @@ def run_sweep(cfg: Config, repo_root: Path, *, name: str | None = None) -> dict:
               "ranges": {k: getattr(t, k) for k in names}, "trials": trials,
               "seconds": round(seconds, 1), "storage": str(storage / name),
               "trainable": "ray_train" if t.use_ray_train else "function"}
-    result["mlflow_parent_run_id"] = _log_to_mlflow(cfg, repo_root, result, history.rows)
+    result["parent_run_id"] = _log_sweep(Tracker.for_config(cfg, repo_root), cfg, result, history.rows)
     return result
 
 
@@ -275,36 +276,22 @@ def _trial_table(grid, history: dict[str, list[dict]], keys: list[str], max_t: i
     return rows
 
 
-def _log_to_mlflow(cfg: Config, repo_root: Path, result: dict, history: dict[str, list[dict]]) -> str:
+def _log_sweep(tracker: Tracker, cfg: Config, result: dict, history: dict[str, list[dict]]) -> str:
     """Parent run for the sweep, one nested child run per trial (driver-side, one writer)."""
-    from mlflow.entities import Metric, Param
-    from mlflow.tracking import MlflowClient
-
-    from stargan.tracking import ensure_experiment, resolve_artifact_root, resolve_tracking_uri, start_run
-
-    uri = resolve_tracking_uri(cfg.train.mlflow.tracking_uri, repo_root)
-    exp = ensure_experiment(uri, cfg.train.mlflow.experiment,
-                            resolve_artifact_root(cfg.train.mlflow.artifact_root, repo_root))
-    client = MlflowClient(uri)
-    parent = start_run(uri, exp, result["name"], {"tune": cfg.to_dict()["tune"], "model": cfg.train.model,
-                                                  "searched": result["searched"]},
-                       tags={"stargan.kind": "sweep", "stargan.model": cfg.train.model}, repo_root=repo_root)
+    parent = tracker.start_run(result["name"], {"tune": cfg.to_dict()["tune"], "model": cfg.train.model,
+                                                "searched": result["searched"], "best": result["best"]},
+                               tags={"stargan.kind": "sweep", "stargan.model": cfg.train.model})
     for tr in result["trials"]:
-        child = start_run(uri, exp, f"{result['name']}/{tr['trial_id']}", {},
-                          tags={"mlflow.parentRunId": parent, "stargan.kind": "trial", "stargan.trial_id": tr["trial_id"],
-                                "stargan.stopped_early": str(tr["stopped_early"]).lower()}, repo_root=repo_root)
-        params = [Param(k, repr(v)) for k, v in tr["lambdas"].items()]
-        params += [Param("iters_per_trial", str(cfg.tune.iters_per_trial))]
-        ts = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), ts, int(row.get("step", row.get("training_iteration", 0))))
-                   for row in history.get(tr["trial_id"], []) for k, v in row.items()
-                   if (k == "objective" or k.startswith(("val/", "D/", "G/"))) and math.isfinite(float(v))]
-        for i in range(0, max(len(metrics), 1), 1000):
-            client.log_batch(child, metrics=metrics[i:i + 1000], params=params if i == 0 else [])
-        client.set_terminated(child, "FAILED" if tr["error"] else "FINISHED")
-    client.log_batch(parent, metrics=[Metric("best/objective", float(result["best_value"]), int(time.time() * 1000), 0)],
-                     params=[Param(f"best.{k}", repr(v)) for k, v in result["best"].items()])
-    client.set_terminated(parent, "FINISHED")
+        child = tracker.start_run(f"{result['name']}/{tr['trial_id']}",
+                                  {**tr["lambdas"], "iters_per_trial": cfg.tune.iters_per_trial},
+                                  tags={"stargan.kind": "trial", "stargan.trial_id": tr["trial_id"],
+                                        "stargan.stopped_early": str(tr["stopped_early"]).lower()}, parent=parent)
+        tracker.log_metrics(child, [(k, v, int(row.get("step", row.get("training_iteration", 0))))
+                                    for row in history.get(tr["trial_id"], []) for k, v in row.items()
+                                    if (k == "objective" or k.startswith(("val/", "D/", "G/"))) and math.isfinite(v)])
+        tracker.finish(child, "FAILED" if tr["error"] else "FINISHED")
+    tracker.log_metrics(parent, [("best/objective", result["best_value"], 0)])
+    tracker.finish(parent)
     return parent
 
 

@@ -84,12 +84,11 @@ def test_v1_train_classifier_evaluate_stages_offline(tmp_path):
 
 def _attach_mlflow_run(root: Path) -> tuple[str, str]:
     """What the Ray trainer does: an MLflow run whose id the checkpoint carries."""
-    from stargan.tracking import ensure_experiment, resolve_artifact_root, resolve_tracking_uri, start_run
+    from stargan.tracking import Tracker, resolve_artifact_root, resolve_tracking_uri
     from stargan.training.checkpoint import load_state, save_state
 
     uri = resolve_tracking_uri(None, root)
-    exp = ensure_experiment(uri, "stargan", resolve_artifact_root("mlartifacts", root))
-    run_id = start_run(uri, exp, "tiny", {"train": {"model": "v1"}})
+    run_id = Tracker(uri, "stargan", resolve_artifact_root("mlartifacts", root)).start_run("tiny", {"train": {"model": "v1"}})
     ckpt = root / "models" / "train" / "checkpoint.pt"
     state = load_state(ckpt)
     state.extra["mlflow_run_id"] = run_id

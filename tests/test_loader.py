@@ -57,6 +57,18 @@ def test_batches_shape_range_and_labels(shards):
     assert len(b["key"]) == B and len(set(b["key"])) == B
 
 
+@pytest.mark.timeout(120)
+def test_workers_start_after_this_process_used_opencvs_thread_pool(shards):
+    """A forked worker calling cv2.setNumThreads hung forever once the parent had run a
+    multi-threaded OpenCV op (found when a translate test ran before the loader tests)."""
+    import cv2
+
+    cv2.setNumThreads(2)
+    cv2.resize(np.zeros((1500, 1500, 3), np.float32), (300, 300))
+    batches = _take(TrainStream(shards, batch_size=B, image_size=16, seed=1), 4, workers=2)
+    assert [len(b["key"]) for b in batches] == [B] * 4
+
+
 def test_two_ranks_two_workers_cover_one_epoch_without_duplicates(shards):
     all_keys = {f"img_{i:06d}.png" for i in range(150)}
     per_rank = []

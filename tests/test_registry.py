@@ -17,10 +17,9 @@ import torch
 
 from stargan.config import load_config
 from stargan.files import sha256_file
-from stargan.inference import load_model, v1_targets_from_names
+from stargan.inference import latent, load_model, v1_targets_from_names
 from stargan.registry import (TAG_DECISION, TAG_MOVED, TAG_OBJECTIVE, decide, example_input, predict_arrays,
-                              read_objective, register, signature_for, tracking)
-from stargan.translate import latent
+                              read_objective, register_model, signature_for, tracking)
 from test_export import make_checkpoint
 from tiny_project import env
 
@@ -81,16 +80,16 @@ def test_alias_moves_only_when_better(tmp_path):
 
     ckpt = make_checkpoint(tmp_path, "v1")
     cfg = load_config(tmp_path / "params.yaml", ["export.registered_name=sg-test"])
-    first = register(ckpt, cfg, tmp_path, eval_json=_eval(tmp_path, 0.5, ckpt))
+    first = register_model(ckpt, cfg, tmp_path, eval_json=_eval(tmp_path, 0.5, ckpt))
     assert first.alias_moved and first.version == "1"
-    worse = register(ckpt, cfg, tmp_path, eval_json=_eval(tmp_path, 0.7, ckpt))
+    worse = register_model(ckpt, cfg, tmp_path, eval_json=_eval(tmp_path, 0.7, ckpt))
     client = MlflowClient(first.tracking_uri)
     assert not worse.alias_moved
     assert str(client.get_model_version_by_alias("sg-test", "champion").version) == "1"
     tags = client.get_model_version("sg-test", worse.version).tags
     assert tags[TAG_MOVED] == "false" and tags[TAG_DECISION].startswith("does not beat the champion")
     assert float(tags[TAG_OBJECTIVE]) == 0.7
-    better = register(ckpt, cfg, tmp_path, eval_json=_eval(tmp_path, 0.3, ckpt))
+    better = register_model(ckpt, cfg, tmp_path, eval_json=_eval(tmp_path, 0.3, ckpt))
     assert better.alias_moved
     assert str(client.get_model_version_by_alias("sg-test", "champion").version) == better.version
     # Every version was logged into one run (the checkpoint has no training run id: an export run).
@@ -112,8 +111,8 @@ def test_a_version_is_never_judged_by_another_checkpoints_evaluation(tmp_path, c
     next(iter(state.nets["G"].values())).add_(0.5)          # another model with the same config
     b = save_state(state, tmp_path / "b" / "checkpoint.pt")
     cfg = load_config(tmp_path / "a" / "params.yaml", ["export.registered_name=sg-other"])
-    first = register(a, cfg, tmp_path, eval_json=_eval(tmp_path, 0.5, a))
-    second = register(b, cfg, tmp_path, eval_json=_eval(tmp_path, 0.1, a))     # 0.1 "beats" 0.5, but is A's
+    first = register_model(a, cfg, tmp_path, eval_json=_eval(tmp_path, 0.5, a))
+    second = register_model(b, cfg, tmp_path, eval_json=_eval(tmp_path, 0.1, a))     # 0.1 "beats" 0.5, but is A's
     assert first.alias_moved and not second.alias_moved and second.objective is None
     assert f"is not the evaluation of {b}" in capsys.readouterr().out
     tags = MlflowClient(first.tracking_uri).get_model_version("sg-other", second.version).tags
@@ -161,7 +160,7 @@ def registered(tmp_path_factory):
     root = tmp_path_factory.mktemp("reg")
     ckpt = make_checkpoint(root, "v1")
     cfg = load_config(root / "params.yaml")
-    reg = register(ckpt, cfg, root, eval_json=_eval(root, 0.4))
+    reg = register_model(ckpt, cfg, root, eval_json=_eval(root, 0.4, ckpt))
     return root, reg
 
 

@@ -154,10 +154,10 @@ def test_leftovers_of_a_killed_shard_run_are_cleaned_up(aligned, tmp_path):
 def test_unreachable_tracking_server_keeps_metrics_locally_and_sends_them_later(tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
-    from stargan.tracking import RunLogger, ensure_experiment, start_run
+    from stargan.tracking import RunLogger, Tracker
 
     db = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    run_id = start_run(db, ensure_experiment(db, "exp", (tmp_path / "art").as_uri()), "r", {"a": 1})
+    run_id = Tracker(db, "exp", (tmp_path / "art").as_uri()).start_run("r", {"a": 1})
     dead = f"http://127.0.0.1:{closed_port()}"
     log = RunLogger(dead, run_id, local_log=tmp_path / "run" / "history.jsonl")
     t0 = time.perf_counter()
@@ -172,7 +172,7 @@ def test_unreachable_tracking_server_keeps_metrics_locally_and_sends_them_later(
     assert [ln["step"] for ln in lines] == [10, 20]
     assert (tmp_path / "run" / "samples" / "000020.png").exists(), "sample grids are kept beside the history"
     # the server is back: the next flush sends everything that was held back, once
-    log.tracking_uri, log._client = db, None
+    log.tracker = Tracker(db)
     log.log_metrics({"D/loss": 3.0}, 30)
     assert log.flush() is True and log.flush() is True
     steps = [m.step for m in MlflowClient(db).get_metric_history(run_id, "D/loss")]
@@ -180,15 +180,13 @@ def test_unreachable_tracking_server_keeps_metrics_locally_and_sends_them_later(
 
 
 def test_driver_degrades_to_an_offline_run_fast_and_says_how_to_upload(tmp_path, capsys):
-    from stargan.config import config_from_dict
-    from stargan.training.ray_train import _start_mlflow_run, _warn_offline
+    from stargan.tracking import Tracker, open_training_run, warn_offline
 
-    cfg = config_from_dict({})
-    uri = f"http://127.0.0.1:{closed_port()}"
+    tracker = Tracker(f"http://127.0.0.1:{closed_port()}")
     t0 = time.perf_counter()
-    assert _start_mlflow_run(cfg, tmp_path, uri, "stargan-v1-x", tmp_path / "run", []) == ""
+    assert open_training_run(tracker, "stargan-v1-x", {}, {}) == ""
     assert time.perf_counter() - t0 < 10
-    _warn_offline(cfg, uri, "stargan-v1-x", tmp_path / "run")
+    warn_offline(tracker, "stargan-v1-x", tmp_path / "run")
     err = capsys.readouterr().err
     assert "unreachable" in err and "WITHOUT MLflow tracking" in err
     assert f"stargan mlflow-upload {tmp_path / 'run'}" in err
@@ -199,7 +197,7 @@ def test_offline_logger_writes_history_only(tmp_path):
 
     log = RunLogger("http://127.0.0.1:9", "", local_log=tmp_path / "history.jsonl")
     log.log_metrics({"G/loss": 1.5}, 4)
-    assert log.flush() is True and log._client is None, "an offline run never builds an MLflow client"
+    assert log.flush() is True and "client" not in vars(log.tracker), "an offline run never builds an MLflow client"
     assert json.loads((tmp_path / "history.jsonl").read_text()) == {"step": 4, "G/loss": 1.5}
 
 

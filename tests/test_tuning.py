@@ -95,7 +95,7 @@ def _check_sweep(root: Path, best: dict, model: str, names: list[str]) -> None:
     assert yaml.safe_load((root / "tuned.yaml").read_text()) == {
         "train": {model: {k: pytest.approx(v) for k, v in best["best"].items()}}}
     client = MlflowClient(f"sqlite:///{root / 'mlruns.db'}")
-    parent = client.get_run(best["mlflow_parent_run_id"])
+    parent = client.get_run(best["parent_run_id"])
     children = client.search_runs([parent.info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert len(children) == 2

@@ -32,13 +32,9 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import os
-import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -48,6 +44,8 @@ from stargan.data.detect import detect_face
 from stargan.data.formats import DatasetIndex, RawRecord
 from stargan.data.imageio import ImageDecodeError, decode_image, encode_png
 from stargan.errors import StarganError
+from stargan.files import staged_dir, write_json
+from stargan.progress import Progress
 
 METHODS = ("landmarks", "centre_crop", "detector", "detector_box")
 
@@ -290,37 +288,22 @@ def _worker_init() -> None:
     cv2.setNumThreads(1)
 
 
-class _Progress:
-    def __init__(self, name: str, total: int, stream=sys.stderr):
-        self.name, self.total, self.stream = name, total, stream
-        self.t0 = time.perf_counter()
-        self.last = 0.0
-        self.done = self.rejected = 0
-
-    def update(self, results: list[dict]) -> None:
-        self.done += len(results)
-        self.rejected += sum("reason" in r for r in results)
-        now = time.perf_counter()
-        if now - self.last >= 2.0 or self.done == self.total:
-            self.last = now
-            rate = self.done / max(now - self.t0, 1e-9)
-            print(f"align {self.name}: {self.done}/{self.total} images, {self.rejected} rejected, "
-                  f"{rate:.0f} img/s", file=self.stream, flush=True)
-
-
 def _run(tasks: list[dict], workers: int, name: str) -> list[dict]:
     chunk = max(1, min(32, -(-len(tasks) // (4 * max(workers, 1)))))   # >= 4 chunks per worker
     chunks = [tasks[i:i + chunk] for i in range(0, len(tasks), chunk)]
-    progress = _Progress(name, len(tasks))
+    progress = Progress(f"align {name}", len(tasks), "images")
     results: list[dict] = []
+
+    def update(part: list[dict]) -> None:
+        results.extend(part)
+        progress.update(len(results), f"{sum('reason' in r for r in results)} rejected")
+
     if workers <= 1 or len(chunks) <= 1:
         prev = cv2.getNumThreads()
         cv2.setNumThreads(1)
         try:
             for c in chunks:
-                part = _align_chunk(c)
-                progress.update(part)
-                results += part
+                update(_align_chunk(c))
         finally:
             cv2.setNumThreads(prev)
         return results
@@ -330,13 +313,8 @@ def _run(tasks: list[dict], workers: int, name: str) -> list[dict]:
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     with ctx.Pool(min(workers, len(chunks)), initializer=_worker_init) as pool:
         for part in pool.imap(_align_chunk, chunks):     # imap keeps the input order
-            progress.update(part)
-            results += part
+            update(part)
     return results
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2) + "\n")
 
 
 def align_dataset(index: DatasetIndex, out_dir: Path, cfg: AlignConfig, spec: DatasetSpec,
@@ -354,12 +332,8 @@ def align_dataset(index: DatasetIndex, out_dir: Path, cfg: AlignConfig, spec: Da
     if not records:
         raise AlignError(f"{index.name}: the raw dataset has no images")
     crop = official_crop(spec, index.layout) if spec.aligned else None
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    (tmp / "images").mkdir(parents=True)
-    try:
+    with staged_dir(out_dir) as tmp:
+        (tmp / "images").mkdir()
         tasks, early, seen = [], {}, {}
         for r in records:
             fname = image_file(r.key)
@@ -379,10 +353,6 @@ def align_dataset(index: DatasetIndex, out_dir: Path, cfg: AlignConfig, spec: Da
             raise AlignError(f"{index.name}: all {report['total']} images were rejected "
                              f"(first: {first['key']}: {first['reason']}); nothing to align")
         seconds = time.perf_counter() - t0      # the work, not the removal of a previous output
-        _replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {**report, "seconds": round(seconds, 3), "images_per_s": round(len(records) / max(seconds, 1e-9), 1),
             "workers": workers}
 
@@ -406,27 +376,12 @@ def _write_outputs(tmp: Path, index: DatasetIndex, records: list[RawRecord], don
             fh.write(json.dumps(row) + "\n")
     counts = {"total": len(records), "accepted": len(rows), "rejected": len(rejected),
               "per_split": dict(sorted(per_split.items()))}
-    _write_json(tmp / "meta.json", {"name": index.name, "layout": index.layout, "label_names": list(index.label_names),
+    write_json(tmp / "meta.json", {"name": index.name, "layout": index.layout, "label_names": list(index.label_names),
                                     "label_kind": index.label_kind, "image_size": cfg.image_size, "counts": counts})
     report = {"total": len(records), "accepted": len(rows), "rejected": rejected,
               "methods": dict(sorted(methods.items()))}
-    _write_json(tmp / "report.json", report)
+    write_json(tmp / "report.json", report)
     return report
-
-
-def _replace(tmp: Path, out_dir: Path) -> None:
-    old = None
-    if out_dir.exists() or out_dir.is_symlink():
-        old = out_dir.with_name(f"{out_dir.name}.old-{os.getpid()}")
-        if old.exists():
-            shutil.rmtree(old)
-        out_dir.rename(old)
-    tmp.rename(out_dir)
-    if old is not None:
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old)
-        else:
-            old.unlink()
 
 
 def bench_align(index: DatasetIndex, cfg: AlignConfig, spec: DatasetSpec, workers: tuple[int, ...] = (1, 2),

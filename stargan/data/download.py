@@ -51,7 +51,8 @@ from stargan.data.formats import (RAFD_EXPRESSIONS, DataFormatError, DatasetInde
                                    first_names, read_dataset)
 from stargan.data.sources import ResolvedSource, SourceError, resolve
 from stargan.errors import StarganError
-from stargan.files import sha256_file, write_json
+from stargan.files import remove_leftovers, replace_dir, sha256_file, write_json
+from stargan.progress import Progress
 
 CHUNK = 1 << 20
 SOURCE_FILE = "SOURCE.json"
@@ -149,26 +150,6 @@ class _RangeRefused(Exception):
         self.total = total
 
 
-class _Progress:
-    """A line on stderr every 5% (or every 32 MiB when the size is unknown)."""
-
-    def __init__(self, label: str, total: int | None, enabled: bool):
-        self.label, self.total, self.enabled = label, total, enabled
-        self.t0, self.last = time.monotonic(), -1
-
-    def update(self, done: int, received: int) -> None:
-        if not self.enabled:
-            return
-        step = done * 20 // self.total if self.total else done >> 25
-        if step == self.last:
-            return
-        self.last = step
-        rate = received / max(time.monotonic() - self.t0, 1e-6) / 2**20
-        size = f"{done / 2**20:.1f}/{self.total / 2**20:.1f} MiB ({100 * done // self.total}%)" \
-            if self.total else f"{done / 2**20:.1f} MiB"
-        _log(f"  {self.label}: {size} at {rate:.1f} MiB/s")
-
-
 def _host(url: str) -> str:
     return urlsplit(url).hostname or url
 
@@ -257,7 +238,8 @@ def _attempt(url: str, part: Path, timeout_s: float, progress: bool) -> tuple[st
             with open(part, "rb") as f:
                 while chunk := f.read(CHUNK):
                     h.update(chunk)
-        bar = _Progress(part.name.removesuffix(".part"), total, progress)
+        bar = Progress(f"  {part.name.removesuffix('.part')}", total, "MiB", scale=2**-20, every_s=5.0,
+                       enabled=progress)
         received, done = 0, offset
         with open(part, "ab" if offset else "wb") as f:
             while True:
@@ -276,7 +258,7 @@ def _attempt(url: str, part: Path, timeout_s: float, progress: bool) -> tuple[st
                 h.update(chunk)
                 received += len(chunk)
                 done += len(chunk)
-                bar.update(done, received)
+                bar.update(done)
     if total is not None and done < total:
         raise _Retry(f"connection closed after {done} of {total} bytes", progressed=received > 0)
     if total is not None and done > total:
@@ -415,32 +397,25 @@ def _is_current(dest: Path, source: str, url: str | None, layout: str, sha256: s
 
 
 class _Stage:
-    """The staging folders of one dataset under ``data/raw``; leftovers of a crashed run are removed."""
+    """The staging folder of one dataset under ``data/raw``; a crashed run's leftovers are removed."""
 
     def __init__(self, raw_root: Path, name: str):
         self.dest = raw_root / name
         self.work = raw_root / f".{name}.partial"
-        self.ready = raw_root / f".{name}.ready"
-        self.old = raw_root / f".{name}.old"
         raw_root.mkdir(parents=True, exist_ok=True)
-        for p in (self.work, self.ready, self.old):
-            _rmtree(p)
+        _rmtree(self.work)
+        remove_leftovers(self.dest)
 
     def commit(self, root: Path, record: dict) -> None:
+        """``root`` (the staging folder or a folder inside it) with its SOURCE.json becomes ``dest``."""
         for junk in JUNK:
             _rmtree(root / junk)
         write_json(root / SOURCE_FILE, record)     # a new directory entry: never writes through a hard link
-        if root != self.ready:
-            os.rename(root, self.ready)
-        if self.dest.exists() or self.dest.is_symlink():
-            os.rename(self.dest, self.old)
-        os.rename(self.ready, self.dest)
-        for p in (self.work, self.old):
-            _rmtree(p)
+        replace_dir(root, self.dest)
+        _rmtree(self.work)
 
     def abort(self) -> None:
-        for p in (self.work, self.ready):
-            _rmtree(p)
+        _rmtree(self.work)
 
 
 def _no_checksum_note(name: str, where: str, sha: str) -> None:

@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -342,15 +343,20 @@ def train_stream(shard_dir: str | Path, cfg: TrainConfig, *, rank: int = 0, worl
 
 
 def _worker_init(_: int) -> None:
-    import cv2
     torch.set_num_threads(1)
-    cv2.setNumThreads(1)
 
 
 def make_loader(stream: IterableDataset, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
     """A ``DataLoader`` over a stream of whole batches; the batch order is the stream's order
     for any ``num_workers`` (workers are interleaved round-robin, in order). ``pin_memory`` (for a
-    CUDA device) makes the steps' ``non_blocking`` host-to-device copies actually asynchronous."""
+    CUDA device) makes the steps' ``non_blocking`` host-to-device copies actually asynchronous.
+
+    With workers, OpenCV is set to one thread in *this* process before they are forked: a forked
+    worker that calls ``cv2.setNumThreads`` itself waits forever on the parent's thread pool once
+    the parent has used it (a resize in the sample grids, an evaluation), so the workers inherit
+    the setting instead (single-threaded decode, no oversubscription)."""
+    if num_workers:
+        cv2.setNumThreads(1)
     return DataLoader(stream, batch_size=None, num_workers=num_workers, worker_init_fn=_worker_init,
                       persistent_workers=num_workers > 0, prefetch_factor=2 if num_workers else None,
                       pin_memory=pin_memory)

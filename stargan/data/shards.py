@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import struct
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +30,7 @@ import pyarrow.parquet as pq
 from stargan.config import ShardConfig
 from stargan.data.imageio import decode_image, encode_image
 from stargan.errors import StarganError
-from stargan.files import sha256_file
+from stargan.files import sha256_file, staged_dir
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -244,15 +243,11 @@ def write_shards(aligned_dir: Path, out_dir: Path, cfg: ShardConfig, name: str |
             assigned += 1
         by_split[split].append(r)
 
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     files: list[dict] = []
     counts: dict[str, dict] = {}
     try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale(out_dir)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        with ThreadPoolExecutor(max_workers=threads or min(4, os.cpu_count() or 1)) as pool:
+        with staged_dir(out_dir) as tmp, \
+                ThreadPoolExecutor(max_workers=threads or min(4, os.cpu_count() or 1)) as pool:
             for split in SPLITS:
                 recs = sorted(by_split[split], key=lambda r: r.key)
                 if not recs:
@@ -265,63 +260,29 @@ def write_shards(aligned_dir: Path, out_dir: Path, cfg: ShardConfig, name: str |
                     groups = _write_file(tmp / rel, chunk, split, name, cfg, size, pool)
                     files.append({"path": rel, "split": split, "rows": len(chunk), "row_groups": groups,
                                   "sha256": sha256_file(tmp / rel)})
-        manifest = {
-            "schema_version": SCHEMA_VERSION,
-            "name": name,
-            "layout": meta.get("layout", ""),
-            "label_names": list(meta["label_names"]),
-            "label_kind": meta["label_kind"],
-            "image_size": size,
-            "image_format": cfg.image_format,
-            "jpeg_quality": cfg.jpeg_quality if cfg.image_format == "jpeg" else None,
-            "rows_per_group": cfg.rows_per_group,
-            "rows_per_shard": cfg.rows_per_shard,
-            "split_rule": {"assigned": assigned, "test_fraction": cfg.test_fraction,
-                           "val_fraction": cfg.val_fraction, "by": "sha256 of identity (key if identity is -1)"},
-            "files": files,
-            "counts": counts,
-        }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        _replace_dir(tmp, out_dir)
+            manifest = {
+                "schema_version": SCHEMA_VERSION,
+                "name": name,
+                "layout": meta.get("layout", ""),
+                "label_names": list(meta["label_names"]),
+                "label_kind": meta["label_kind"],
+                "image_size": size,
+                "image_format": cfg.image_format,
+                "jpeg_quality": cfg.jpeg_quality if cfg.image_format == "jpeg" else None,
+                "rows_per_group": cfg.rows_per_group,
+                "rows_per_shard": cfg.rows_per_shard,
+                "split_rule": {"assigned": assigned, "test_fraction": cfg.test_fraction,
+                               "val_fraction": cfg.val_fraction, "by": "sha256 of identity (key if identity is -1)"},
+                "files": files,
+                "counts": counts,
+            }
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     except OSError as e:     # disk full, unwritable folder, quota: the previous shards stay as they were
         kept = "the previous shards there are intact" if (out_dir / "manifest.json").exists() else "nothing was written"
         raise ShardError(f"cannot write shards to {out_dir}: {e.strerror or e} [errno {e.errno}]"
                          f"{' (' + e.filename + ')' if e.filename else ''}; {kept}. Free space or make "
                          f"{out_dir.parent} writable, then {REPAIR}") from e
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return manifest
-
-
-def _remove_stale(out_dir: Path) -> None:
-    """Temp/old folders left beside ``out_dir`` by killed runs (their pid no longer exists)."""
-    for p in out_dir.parent.glob(f".{out_dir.name}.*-*"):
-        kind, _, pid = p.name[len(out_dir.name) + 2:].partition("-")
-        if kind in ("tmp", "old") and pid.isdigit() and p.is_dir() and not _alive(int(pid)):
-            shutil.rmtree(p, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
-def _replace_dir(tmp: Path, out_dir: Path) -> None:
-    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-    if out_dir.exists():
-        os.replace(out_dir, old)
-    try:
-        os.replace(tmp, out_dir)
-    except OSError:
-        if old.exists():
-            os.replace(old, out_dir)      # put the previous shards back
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------ reading

@@ -8,6 +8,13 @@ from typing import Sequence
 
 import torch
 
+# The metric modules register themselves with the registry in metrics.py when imported.
+import stargan.evaluation.metric_accuracy  # noqa: F401
+import stargan.evaluation.metric_cfid  # noqa: F401
+import stargan.evaluation.metric_counterfactual  # noqa: F401
+import stargan.evaluation.metric_cycle  # noqa: F401
+import stargan.evaluation.metric_fid  # noqa: F401
+import stargan.evaluation.metric_lpips  # noqa: F401
 from stargan.config import Config
 from stargan.evaluation.metrics import MetricResult, calc_metric, list_metrics
 from stargan.evaluation.tasks import EvalContext
@@ -86,9 +93,9 @@ def evaluate_checkpoint(cfg: Config, repo_root: Path, checkpoint: Path | None = 
     scores), plots/eval_*.csv, plots/eval_grids/*.png, all also logged to the model's MLflow run."""
     from stargan.inference import model_from_state
     from stargan.files import sha256_file, write_json
-    from stargan.tracking import resolve_tracking_uri
+    from stargan.tracking import RUN_ID_KEY, Tracker
     from stargan.training.checkpoint import check_compatible, load_state
-    from stargan.evaluation.report import log_to_mlflow, sample_grids, write_plots
+    from stargan.evaluation.report import log_to_tracking, sample_grids, write_plots
 
     repo_root = Path(repo_root)
     path = checkpoint or repo_root / cfg.train.output_dir / "checkpoint.pt"
@@ -108,11 +115,11 @@ def evaluate_checkpoint(cfg: Config, repo_root: Path, checkpoint: Path | None = 
     for old in grid_dir.glob("*.png") if grid_dir.exists() else []:
         old.unlink()
     files += sample_grids(ctx, grid_dir)
-    run_id = state.extra.get("mlflow_run_id")
+    run_id = state.extra.get(RUN_ID_KEY)
     if run_id:
-        uri = resolve_tracking_uri(cfg.train.mlflow.tracking_uri, repo_root)
-        if log_to_mlflow(uri, run_id, report, files, state.step):
-            log(f"[evaluate] logged to MLflow run {run_id} at {uri}")
+        tracker = Tracker.for_config(cfg, repo_root)
+        if log_to_tracking(tracker, run_id, report, files, state.step):
+            log(f"[evaluate] logged to MLflow run {run_id} at {tracker.uri}")
     else:
         log("[evaluate] the checkpoint has no MLflow run id (trained with --local): results are on disk only")
     return report

@@ -4,7 +4,9 @@ Each metric lives in its own module (``metric_*.py``) and returns numbers under 
 (``"celeba/Black_Hair/l1"``), optional tables (rows for the DVC plots) and metadata.
 :func:`calc_metric` times it and turns :class:`MetricUnavailable` (missing weights, real data
 for a synthetic-only metric, no classifier) into an ``available: False`` result that carries the
-reason and the setting that fixes it, so a report never shows a made-up number.
+reason and the setting that fixes it, so a report never shows a made-up number. The metric
+modules import this one (to register), never the other way round; ``evaluate.py`` imports them
+all, so the registry is full wherever the evaluation package is used.
 """
 from __future__ import annotations
 
@@ -57,18 +59,11 @@ def register_metric(name: str, *, models: tuple[str, ...] = ("v1", "v2"), quick:
     return deco
 
 
-def _load_all() -> None:
-    from stargan.evaluation import (metric_accuracy, metric_cfid, metric_counterfactual, metric_cycle,  # noqa: F401
-                                    metric_fid, metric_lpips)
-
-
 def list_metrics(kind: str | None = None) -> list[str]:
-    _load_all()
     return [n for n, s in _REGISTRY.items() if kind is None or kind in s.models]
 
 
 def get_metric(name: str) -> MetricSpec:
-    _load_all()
     if name not in _REGISTRY:
         raise KeyError(f"unknown metric {name!r}; known: {', '.join(_REGISTRY)}")
     return _REGISTRY[name]

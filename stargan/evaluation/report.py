@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import math
 import re
-import sys
 from pathlib import Path
 
 import torch
@@ -13,6 +12,7 @@ import torch
 from stargan.evaluation.metrics import MetricResult
 from stargan.evaluation.tasks import EvalContext, ground_truth, v1_targets, v2_dataset, v2_domain_batches, _z
 from stargan.evaluation.errors import MetricUnavailable
+from stargan.tracking import Tracker
 from stargan.visualize import grid, save_png
 
 #: plot file -> (columns in order); every file is written on every run (header only when the
@@ -149,26 +149,13 @@ def flat_numbers(report: dict, prefix: str = "eval/") -> dict[str, float]:
     return out
 
 
-def log_to_mlflow(tracking_uri: str, run_id: str, report: dict, files: list[Path], step: int) -> bool:
+def log_to_tracking(tracker: Tracker, run_id: str, report: dict, files: list[Path], step: int) -> bool:
     """Metrics under ``eval/...`` and every file under the artifact folder ``eval``; a warning
     (not a failure) when the tracking server cannot be reached."""
-    try:
-        import time
-
-        from mlflow.entities import Metric
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(tracking_uri)
-        ts = int(time.time() * 1000)
-        metrics = [Metric(k, v, ts, int(step)) for k, v in sorted(flat_numbers(report).items())]
-        for i in range(0, len(metrics), 500):
-            client.log_batch(run_id, metrics=metrics[i:i + 500])
-        for k, v in report.get("unavailable", {}).items():
-            client.set_tag(run_id, f"eval.unavailable.{k}", v["reason"][:4000])
+    def log() -> None:
+        tracker.log_metrics(run_id, [(k, v, step) for k, v in sorted(flat_numbers(report).items())])
+        tracker.set_tags(run_id, {f"eval.unavailable.{k}": v["reason"] for k, v in report.get("unavailable", {}).items()})
         for f in files:
-            client.log_artifact(run_id, str(f), "eval" if f.suffix != ".png" else "eval/grids")
-        return True
-    except Exception as e:  # noqa: BLE001 - evaluation results stay on disk either way
-        print(f"[evaluate] WARNING: could not log to MLflow run {run_id} at {tracking_uri}: "
-              f"{type(e).__name__}: {str(e)[:200]}", file=sys.stderr)
-        return False
+            tracker.log_artifact(run_id, f, "eval" if f.suffix != ".png" else "eval/grids")
+
+    return tracker.attempt(f"log the evaluation to run {run_id}", log)

@@ -20,10 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stargan.codedeps import training_code_digest
 from stargan.config import TUNED_FILE, Config, config_from_dict, loss_weights_summary, resolve_tuned, tuned_keys
 from stargan.data.shards import verify_shards
 from stargan.errors import StarganError, one_line
 from stargan.storage import open_storage, ray_run_config_kwargs
+from stargan.tracking import RUN_ID_KEY, RUN_RECORD, RunLogger, Tracker, open_training_run, warn_offline
 from stargan.training.checkpoint import FILENAME, CheckpointError, TrainState, load_state, save_state
 from stargan.training.errors import TrainingError
 
@@ -33,7 +35,7 @@ class TrainOutcome:
     checkpoint: Path            # final checkpoint copied to train.output_dir
     metrics: dict[str, Any]
     history: Path               # JSON lines of logged scalars
-    mlflow_run_id: str
+    run_id: str                 # of the tracking run ("" when trained offline)
     tracking_uri: str
     run_name: str
 
@@ -44,24 +46,6 @@ STOP_FILE = "stopped.txt"
 
 def shard_dirs(cfg: Config, repo_root: Path) -> dict[str, Path]:
     return {name: (repo_root / cfg.data.root / "shards" / name).resolve() for name in cfg.train.datasets}
-
-
-#: The package sources a trained model depends on (dvc.yaml's ``train`` deps, plus the decoder and
-#: the config defaults), relative to the package folder.
-TRAINING_CODE = ("training", "models", "losses.py", "config.py", "data/loader.py", "data/transforms.py",
-                 "data/imageio.py")
-
-
-def training_code_digest(package: Path | None = None) -> str:
-    """sha256 over the training code's ``.py`` files (path and bytes, in sorted order) of
-    ``package`` (default: this installed ``stargan``)."""
-    package = package or Path(__file__).resolve().parents[1]
-    h = hashlib.sha256()
-    for entry in TRAINING_CODE:
-        path = package / entry
-        for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
-            h.update(f.relative_to(package).as_posix().encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()
 
 
 def run_name_for(cfg: Config, repo_root: Path) -> str:
@@ -105,19 +89,11 @@ class _RayHooks:
             ray.train.report(metrics)
 
 
-class _NoTracking:
-    """The MLflow calls of :func:`_finish` for an offline run: nothing to do."""
-
-    def __getattr__(self, name: str):
-        return lambda *args, **kwargs: None
-
-
 def _worker_entry(config: dict) -> None:
     """``train_loop_per_worker``: runs inside each Ray Train worker process."""
     import ray.train
     import ray.train.torch
 
-    from stargan.tracking import RunLogger
     from stargan.training.worker import WorkerContext, run_worker
 
     ctx = ray.train.get_context()
@@ -126,7 +102,7 @@ def _worker_entry(config: dict) -> None:
     log_path = Path(config["log_path"])
     wctx = WorkerContext(rank=rank, world_size=world, device=ray.train.torch.get_device(),
                          shard_root=Path(config["shard_root"]), log_path=log_path,
-                         extra={"mlflow_run_id": config["run_id"]})
+                         extra={RUN_ID_KEY: config["run_id"]})
     logger = RunLogger(config["tracking_uri"], config["run_id"], local_log=log_path) if rank == 0 else None
     # Where an operator (or the fault test) finds each worker's process to inspect or kill.
     (log_path.parent / f"worker-{rank}.pid").write_text(str(os.getpid()))
@@ -160,8 +136,6 @@ def fit(cfg: Config, repo_root: Path, *, run_name: str | None = None) -> TrainOu
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from stargan.tracking import resolve_tracking_uri
-
     repo_root = repo_root.resolve()
     tuned = tuned_keys(cfg)
     cfg = resolve_tuned(cfg, repo_root / TUNED_FILE)
@@ -175,15 +149,17 @@ def fit(cfg: Config, repo_root: Path, *, run_name: str | None = None) -> TrainOu
     store = open_storage(cfg.train.ray.storage_path or "ray_results", repo_root)
     run_dir = (store.local_root or repo_root / "ray_results") / name
     run_dir.mkdir(parents=True, exist_ok=True)
-    tracking_uri = resolve_tracking_uri(cfg.train.mlflow.tracking_uri, repo_root)
-    run_file, stop_file = f"{name}/mlflow_run.json", f"{name}/{STOP_FILE}"
+    tracker = Tracker.for_config(cfg, repo_root)
+    run_file, stop_file = f"{name}/{RUN_RECORD}", f"{name}/{STOP_FILE}"
     if store.exists(run_file):
         run_id = json.loads(store.read_text(run_file))["run_id"]
     else:
-        run_id = _start_mlflow_run(cfg, repo_root, tracking_uri, name, run_dir, tuned)
-        store.write_text(run_file, json.dumps({"run_id": run_id, "tracking_uri": tracking_uri}))
+        run_id = open_training_run(tracker, name, cfg.to_dict()["train"] | {"datasets": cfg.train.datasets},
+                                   tags={"stargan.model": cfg.train.model, "stargan.run_name": name,
+                                         "stargan.tuned": ",".join(tuned) or "-"})
+        store.write_text(run_file, json.dumps({"run_id": run_id, "tracking_uri": tracker.uri}))
     if not run_id:
-        _warn_offline(cfg, tracking_uri, name, run_dir)
+        warn_offline(tracker, name, run_dir)
 
     store.delete(stop_file)
     started = _init_ray(cfg)
@@ -193,7 +169,7 @@ def fit(cfg: Config, repo_root: Path, *, run_name: str | None = None) -> TrainOu
         trainer = TorchTrainer(
             _worker_entry,
             train_loop_config={"params": cfg.to_dict(), "shard_root": str(repo_root / cfg.data.root / "shards"),
-                               "run_id": run_id, "tracking_uri": tracking_uri,
+                               "run_id": run_id, "tracking_uri": tracker.uri,
                                "log_path": str(run_dir / "history.jsonl"), "stop_file": stop_file,
                                "storage": store.uri, "repo_root": str(repo_root)},
             scaling_config=ray.train.ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu,
@@ -206,57 +182,23 @@ def fit(cfg: Config, repo_root: Path, *, run_name: str | None = None) -> TrainOu
         if started:
             ray.shutdown()
     stopped = store.read_text(stop_file) if store.exists(stop_file) else ""
-    return _finish(cfg, repo_root, result, run_dir, run_id, tracking_uri, name, stopped)
+    return _finish(cfg, repo_root, result, run_dir, run_id, tracker, name, stopped)
 
 
-def _start_mlflow_run(cfg: Config, repo_root: Path, tracking_uri: str, name: str, run_dir: Path,
-                      tuned: list[str]) -> str:
-    """The MLflow run id, or "" (an offline run) when the tracking store cannot be used: training
-    must not fail, or wait minutes on client retries, because a tracking server is down."""
-    from stargan.tracking import ensure_experiment, resolve_artifact_root, server_reachable, start_run
-
-    if not server_reachable(tracking_uri):
-        print(f"[stargan] WARNING: the MLflow tracking server {tracking_uri} is unreachable", file=sys.stderr)
-        return ""
-    try:
-        exp_id = ensure_experiment(tracking_uri, cfg.train.mlflow.experiment,
-                                   resolve_artifact_root(cfg.train.mlflow.artifact_root, repo_root))
-        return start_run(tracking_uri, exp_id, name, cfg.to_dict()["train"] | {"datasets": cfg.train.datasets},
-                         tags={"stargan.model": cfg.train.model, "stargan.run_name": name,
-                               "stargan.tuned": ",".join(tuned) or "-"}, repo_root=repo_root)
-    except Exception as e:  # noqa: BLE001 - any store/transport failure: train without tracking
-        print(f"[stargan] WARNING: cannot open an MLflow run at {tracking_uri} ({type(e).__name__}: "
-              f"{str(e)[:200]})", file=sys.stderr)
-        return ""
-
-
-def _warn_offline(cfg: Config, tracking_uri: str, name: str, run_dir: Path) -> None:
-    print(f"[stargan] WARNING: training run {name} goes on WITHOUT MLflow tracking: metrics are kept in "
-          f"{run_dir / 'history.jsonl'} and sample grids beside it. To send them to MLflow later: "
-          f"`stargan mlflow-upload {run_dir}` (tracking URI from train.mlflow.tracking_uri or "
-          f"MLFLOW_TRACKING_URI, now {tracking_uri})", file=sys.stderr, flush=True)
-
-
-def _finish(cfg: Config, repo_root: Path, result: Any, run_dir: Path, run_id: str, tracking_uri: str,
+def _finish(cfg: Config, repo_root: Path, result: Any, run_dir: Path, run_id: str, tracker: Tracker,
             name: str, stopped: str) -> TrainOutcome:
-    """Copy the final checkpoint to train.output_dir and close the MLflow run, or raise
+    """Copy the final checkpoint to train.output_dir and close the tracking run, or raise
     :class:`TrainingError` with why the workers stopped (``stopped``: their one-line reason)."""
-    from mlflow.tracking import MlflowClient
-
-    from stargan.tracking import server_reachable
-
-    online = bool(run_id) and server_reachable(tracking_uri)
+    online = bool(run_id) and tracker.reachable()
     if run_id and not online:
-        print(f"[stargan] WARNING: MLflow at {tracking_uri} is unreachable at the end of training: run {run_id} "
+        print(f"[stargan] WARNING: MLflow at {tracker.uri} is unreachable at the end of training: run {run_id} "
               "is left open and the checkpoint is not logged to it", file=sys.stderr)
-    client = MlflowClient(tracking_uri) if online else _NoTracking()
-    metrics = dict(result.metrics or {})
-    if getattr(result, "error", None) is not None:
-        client.set_terminated(run_id, "FAILED")
-        raise TrainingError(f"training failed after {cfg.train.ray.max_failures} restart(s): {result.error}")
-    if stopped:
-        client.set_terminated(run_id, "FAILED")
-        raise TrainingError(stopped)
+    failure = (f"training failed after {cfg.train.ray.max_failures} restart(s): {result.error}"
+               if getattr(result, "error", None) is not None else stopped)
+    if failure:
+        if online:
+            tracker.attempt(f"mark run {run_id} FAILED", lambda: tracker.finish(run_id, "FAILED"))
+        raise TrainingError(failure)
     if result.checkpoint is None:
         raise TrainingError("training ended without a checkpoint")
     out_dir = (repo_root / cfg.train.output_dir).resolve()
@@ -265,13 +207,10 @@ def _finish(cfg: Config, repo_root: Path, result: Any, run_dir: Path, run_id: st
         tmp = out_dir / f".{FILENAME}.tmp"
         shutil.copyfile(Path(d) / FILENAME, tmp)
         os.replace(tmp, out_dir / FILENAME)
-    try:
-        client.log_artifact(run_id, str(out_dir / FILENAME), "checkpoint")
-        client.set_terminated(run_id, "FINISHED")
-    except Exception as e:  # noqa: BLE001 - the model is saved; tracking is not worth failing for
-        print(f"[stargan] WARNING: could not finish the MLflow run {run_id} at {tracking_uri}: {e}",
-              file=sys.stderr)
+    if online:      # the model is saved; tracking is not worth failing for
+        tracker.attempt(f"finish run {run_id}", lambda: (tracker.log_artifact(run_id, out_dir / FILENAME, "checkpoint"),
+                                                          tracker.finish(run_id)))
     if not run_id:
-        _warn_offline(cfg, tracking_uri, name, run_dir)
-    return TrainOutcome(checkpoint=out_dir / FILENAME, metrics=metrics, history=run_dir / "history.jsonl",
-                        mlflow_run_id=run_id, tracking_uri=tracking_uri, run_name=name)
+        warn_offline(tracker, name, run_dir)
+    return TrainOutcome(checkpoint=out_dir / FILENAME, metrics=dict(result.metrics or {}),
+                        history=run_dir / "history.jsonl", run_id=run_id, tracking_uri=tracker.uri, run_name=name)

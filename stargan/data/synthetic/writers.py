@@ -7,12 +7,7 @@ looks whole. Output bytes depend only on the :class:`SyntheticConfig`.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -21,33 +16,13 @@ from stargan.data.imageio import encode_jpeg
 from stargan.data.synthetic.face import (CELEBA_LIST_ATTRIBUTES, HAIR_COLOURS, RAFD_EXPRESSIONS, FaceParams,
                                          celeba_labels, sample_traits, sample_wild_pose, studio_pose)
 from stargan.data.synthetic.render import render
+from stargan.files import staged_dir
 
 IMAGES_PER_IDENTITY = 4
 JPEG_QUALITY = 95
 PARAMS_FILE = "list_synthetic_params.jsonl"
 LANDMARK_HEADER = ("lefteye_x lefteye_y righteye_x righteye_y nose_x nose_y "
                    "leftmouth_x leftmouth_y rightmouth_x rightmouth_y")
-
-
-@contextmanager
-def _staging(root: Path) -> Iterator[Path]:
-    """Yield an empty folder that replaces ``root`` when the block finishes without error."""
-    root = Path(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".partial", dir=root.parent))
-    try:
-        os.chmod(tmp, 0o755)
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if root.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".old", dir=root.parent))
-        os.replace(root, old / "x")
-    os.replace(tmp, root)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_params(path: Path, rows: list[tuple[str, FaceParams]]) -> None:
@@ -99,7 +74,7 @@ def write_celeba_like(root: Path, cfg: SyntheticConfig) -> None:
     """``img_celeba/*.jpg`` + CelebA's list files (+ the render parameters) under ``root``."""
     faces = _celeba_faces(cfg)
     names = [f"{i:06d}.jpg" for i in range(1, len(faces) + 1)]
-    with _staging(root) as tmp:
+    with staged_dir(root) as tmp:
         (tmp / "img_celeba").mkdir()
         attr_rows, lm_rows = [], []
         for name, (p, _) in zip(names, faces):
@@ -130,7 +105,7 @@ def write_rafd_like(root: Path, cfg: SyntheticConfig) -> None:
         people.append(dict(identity=ident, **sample_traits(rng), male=bool(ident % 2),
                            hair=HAIR_COLOURS[int(rng.integers(3))], young=bool(rng.random() < 0.75)))
     rows = []
-    with _staging(root) as tmp:
+    with staged_dir(root) as tmp:
         for expression in RAFD_EXPRESSIONS:
             (tmp / expression).mkdir()
             for who in people:

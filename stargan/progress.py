@@ -1,0 +1,53 @@
+"""One progress line for every long-running step: done/total, rate and time left, on stderr, at
+most every few seconds (a line, not a redrawn bar, so CI logs and `dvc repro` stay readable)."""
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+def duration(seconds: float) -> str:
+    """'42s', '3m05s', '2h07m'."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+class Progress:
+    """``update(done)`` prints ``<label>: <done>/<total> <unit> (<pct>%), <rate> <unit>/s, ETA <t>``
+    when ``every_s`` passed since the last line, and always at the end. ``scale`` converts the
+    counted quantity to the shown unit (bytes -> MiB: ``2**-20``); ``total`` may be unknown (None)."""
+
+    def __init__(self, label: str, total: float | None, unit: str, *, scale: float = 1.0, every_s: float = 2.0,
+                 enabled: bool = True, stream: TextIO | None = None):
+        self.label, self.total, self.unit, self.scale = label, total, unit, scale
+        self.every_s, self.enabled, self.stream = every_s, enabled, stream
+        self.t0 = self.last = time.monotonic()
+        self.start: float | None = None
+
+    def update(self, done: float, note: str = "") -> None:
+        """``done`` so far (from the first call's value on, for the rate: a resumed download)."""
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if self.start is None:
+            self.start = done
+        finished = self.total is not None and done >= self.total
+        if now - self.last < self.every_s and not finished:
+            return
+        self.last = now
+        rate = (done - self.start) / max(now - self.t0, 1e-9)
+        fmt = (lambda v: f"{v * self.scale:.1f}") if self.scale != 1 else (lambda v: f"{v:.0f}")
+        line = f"{self.label}: {fmt(done)}"
+        if self.total:
+            line += f"/{fmt(self.total)} {self.unit} ({100 * done / self.total:.0f}%)"
+        else:
+            line += f" {self.unit}"
+        line += f", {fmt(rate)} {self.unit}/s"
+        if self.total and rate > 0 and not finished:
+            line += f", ETA {duration((self.total - done) / rate)}"
+        print(line + (f", {note}" if note else ""), file=self.stream or sys.stderr, flush=True)
