@@ -20,16 +20,17 @@ from typing import Any
 
 import yaml
 
+from stargan.data.sources import LAYOUTS, REGISTRY
 from stargan.errors import StarganError
 
-SOURCES = ("synthetic", "celeba", "celeba_hq", "afhq", "afhq_v2", "rafd", "local")
+SOURCES = tuple(REGISTRY)      # the dataset sources: one list, stargan/data/sources.py
+
 #: A loss weight set to this string trains with the sweep's best value, read from TUNED_FILE.
 TUNED = "tuned"
 #: Written by the tune stage beside params.yaml (a DVC params file of the train stage).
 TUNED_FILE = "tuned.yaml"
 #: The loss weights a sweep may search, per model (those set to TUNED are searched).
 SWEEPABLE = {"v1": ("lambda_cls", "lambda_rec"), "v2": ("lambda_sty", "lambda_ds")}
-LAYOUTS = ("celeba", "rafd", "folders")
 
 
 class ConfigError(StarganError, ValueError):

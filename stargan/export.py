@@ -39,9 +39,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from stargan.config import config_from_dict
+from stargan.data.domains import DomainMap
 from stargan.errors import StarganError
 from stargan.files import staged_dir, write_json
 from stargan.inference import Model, V1Model, V2Model
+from stargan.training.labels import LabelLayout
 
 EXPORTERS = ("dynamo", "legacy")
 MODEL_JSON = "model.json"
@@ -257,10 +260,6 @@ def load_exported(export_dir: str | Path) -> Model:
     The result has the same API as :func:`stargan.inference.load_model`'s, so ``stargan
     translate`` and the pyfunc treat a checkpoint and an export alike.
     """
-    from stargan.config import config_from_dict
-    from stargan.data.domains import DomainMap
-    from stargan.training.labels import LabelLayout
-
     d = Path(export_dir)
     meta_path = d / MODEL_JSON
     if not meta_path.exists():

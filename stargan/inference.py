@@ -21,8 +21,10 @@ from torch import Tensor, nn
 from stargan.config import Config, config_from_dict
 from stargan.data.domains import DomainMap, resolve_domains
 from stargan.errors import StarganError
+from stargan.models.fan import WING_URL
 from stargan.training.checkpoint import CheckpointError, TrainState, load_state
-from stargan.training.labels import LabelLayout
+from stargan.training.labels import HAIR_COLOURS, LabelLayout
+from stargan.training.nets import build_v1, build_v2
 
 
 class TranslateError(StarganError, ValueError):
@@ -57,7 +59,6 @@ class MaskedGenerator(nn.Module):
     Such a generator was trained with its high-pass skips fed by the masks; called without them it
     runs but drops the source detail the skips carry. Wrapping it keeps the plain ``G(x, s)``
     signature, so code written for ``w_hpf == 0`` models needs no second path."""
-
     def __init__(self, G: nn.Module, fan: nn.Module):
         super().__init__()
         self.G, self.fan = G, fan
@@ -106,8 +107,6 @@ def _use_wing_path(cfg: Config, wing_path: str | Path | None) -> None:
         return
     path = str(wing_path) if wing_path is not None else v2.wing_path
     if not path or not Path(path).is_file():
-        from stargan.models.fan import WING_URL
-
         where = f"{path!r}, which does not exist here" if path else "no file (train.v2.wing_path is empty)"
         raise CheckpointError(
             f"this v2 checkpoint was trained with train.v2.w_hpf={v2.w_hpf}: its generator needs the FAN "
@@ -123,16 +122,12 @@ def model_from_state(state: TrainState, device: str | torch.device = "cpu",
     cfg = config_from_dict(state.config)
     device = torch.device(device)
     if state.model == "v1":
-        from stargan.training.v1_step import build_v1
-
         layout = LabelLayout.from_dict(state.extra["layout"])
         nets, _ = build_v1(cfg.train, layout, device)
         # The EMA generator when training kept one (train.v1.ema_beta > 0), else the last iterate.
         nets.G.load_state_dict(state.nets["G_ema"] if "G_ema" in state.nets else state.nets["G"])
         return V1Model(G=nets.G.eval().requires_grad_(False), layout=layout, config=cfg, step=state.step)
     if state.model == "v2":
-        from stargan.models.v2 import build_v2
-
         ex = state.extra
         domains = resolve_domains(ex["label_names"], ex["label_kind"], cfg.train.v2.domains)
         _use_wing_path(cfg, wing_path)
@@ -178,7 +173,6 @@ def v1_targets_from_names(model: V1Model, names: Sequence[str], dataset: str | N
     (di,) = idx
     d = layout.datasets[di]
     label = base.clone().float().reshape(1, -1) if base is not None else torch.zeros(1, len(d.label_names))
-    from stargan.training.labels import HAIR_COLOURS
 
     for n in names:
         _, j = known[n]

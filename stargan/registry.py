@@ -44,8 +44,10 @@ from stargan.config import Config
 from stargan.errors import StarganError
 from stargan.export import export_model
 from stargan.files import sha256_file
-from stargan.inference import model_from_state, translate_latent, translate_reference, translate_v1
-from stargan.training.checkpoint import check_compatible, load_state
+from stargan.inference import (load_model, model_from_state, translate_latent, translate_reference,
+                               translate_v1)
+from stargan.tracking import RUN_ID_KEY, Tracker, provenance_tags
+from stargan.training.checkpoint import TrainState, check_compatible, load_state, save_state
 
 TAG_OBJECTIVE = "stargan.objective"
 TAG_OBJECTIVE_KEY = "stargan.objective_key"
@@ -61,10 +63,7 @@ class RegistryError(StarganError, RuntimeError):
 
 class StarGANPyfunc(mlflow.pyfunc.PythonModel):
     """The MLflow python_function wrapper around :mod:`stargan.inference` / :mod:`stargan.translate`."""
-
     def load_context(self, context) -> None:
-        from stargan.inference import load_model
-
         self.model = load_model(context.artifacts["checkpoint"])
 
     def predict(self, context, model_input, params=None):  # no type hints: the signature validates
@@ -152,8 +151,6 @@ def pip_requirements() -> list[str]:
 
 def slim_checkpoint(state, out_dir: Path) -> Path:
     """The inference nets of a training state (no D, optimizers or RNG) in the one checkpoint format."""
-    from stargan.training.checkpoint import TrainState, save_state
-
     if state.model == "v1":
         keep = ("G_ema",) if "G_ema" in state.nets else ("G",)
     else:
@@ -268,7 +265,6 @@ def register_model(checkpoint: Path, cfg: Config, repo_root: Path, *, export_dir
     from mlflow.exceptions import MlflowException
 
     import stargan
-    from stargan.tracking import RUN_ID_KEY, Tracker, provenance_tags
 
     e = cfg.export
     state = load_state(checkpoint)

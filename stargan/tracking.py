@@ -34,6 +34,8 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from stargan.config import Config
+from stargan.files import write_json
+from stargan.visualize import save_png
 
 DEFAULT_DB = "mlruns.db"
 #: The checkpoint's ``extra`` key holding the id of the run that trained it.
@@ -129,7 +131,6 @@ class Tracker:
 
     ``uri``: the tracking URI; ``experiment`` and ``artifact_root``: where new runs go;
     ``repo_root``: whose git commit the runs are tagged with."""
-
     def __init__(self, uri: str, experiment: str = "stargan", artifact_root: str | None = None,
                  repo_root: Path | None = None):
         self.uri, self.experiment, self.repo_root = uri, experiment, repo_root
@@ -247,7 +248,6 @@ def upload_run(tracker: Tracker, run_dir: Path, params: dict | None = None) -> s
     rows = [json.loads(ln) for ln in history.read_text().splitlines() if ln.strip()]
     tracker.log_metrics(run_id, [(k, v, row["step"]) for row in rows for k, v in row.items() if k != "step"])
     tracker.finish(run_id)
-    from stargan.files import write_json
 
     write_json(Path(run_dir) / RUN_RECORD, {"run_id": run_id, "tracking_uri": tracker.uri})
     return run_id
@@ -256,7 +256,6 @@ def upload_run(tracker: Tracker, run_dir: Path, params: dict | None = None) -> s
 class RunLogger:
     """Rank-0 logger bound to an existing run id (created by the driver) of the store at
     ``tracking_uri``; ``run_id == ""`` is an offline run: metrics go to ``local_log`` only."""
-
     def __init__(self, tracking_uri: str, run_id: str, local_log: Path | None = None):
         self.tracker, self.run_id = Tracker(tracking_uri), run_id
         self.local_log = local_log
@@ -303,7 +302,6 @@ class RunLogger:
     def log_image(self, image: np.ndarray, artifact_file: str) -> None:
         if not self.run_id or not self.tracker.reachable():
             if self.local_log is not None:        # keep the grid beside the history instead
-                from stargan.visualize import save_png
                 save_png(self.local_log.parent / artifact_file, image)
             return
         self.tracker.attempt(f"log {artifact_file}", lambda: self.tracker.log_image(self.run_id, image, artifact_file))

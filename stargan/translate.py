@@ -27,8 +27,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from stargan.inference import (Model, TranslateError, domain_index, need_kind, translate_latent, translate_reference,
-                               translate_v1, v1_label)
+from stargan.data.align import AlignRejected, align_face
+from stargan.data.imageio import ImageDecodeError, decode_image
+from stargan.export import MODEL_JSON, load_exported
+from stargan.inference import (Model, TranslateError, domain_index, load_model, need_kind, translate_latent,
+                               translate_reference, translate_v1, v1_label)
+from stargan.visualize import grid, save_png
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
@@ -49,11 +53,9 @@ def load_any(spec: str | Path, tracking_uri: str | None = None) -> Model:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such model (give a checkpoint.pt, its folder, an exported folder "
                                 "such as models/export, or models:/<name>@<alias>)")
-    from stargan.export import MODEL_JSON, load_exported
 
     if path.is_dir() and (path / MODEL_JSON).exists():
         return load_exported(path)
-    from stargan.inference import load_model
 
     return load_model(path)
 
@@ -80,9 +82,6 @@ def list_inputs(path: str | Path) -> list[Path]:
 
 def prepare(path: str | Path, model: Model, *, align: bool = True) -> tuple[np.ndarray, Tensor]:
     """Decode and align one image file -> (aligned uint8 RGB, model input [1,3,S,S])."""
-    from stargan.data.align import AlignRejected, align_face
-    from stargan.data.imageio import ImageDecodeError, decode_image
-
     try:
         rgb = decode_image(path)
     except ImageDecodeError as e:
@@ -140,8 +139,6 @@ def translate_files(model: Model, inputs: Sequence[Path], targets: Sequence[str]
     ``<stem>_grid.png`` (aligned input | outputs) into ``out_dir``. A photo that cannot be used
     (no face, unreadable) is skipped with its reason and the others go on: one bad photo in a
     folder of hundreds must not cost the rest. Bad targets or a bad reference fail at once."""
-    from stargan.visualize import grid, save_png
-
     if model.kind == "v1" and (seed is not None or reference is not None):
         need_kind(model, "v2", "--reference" if reference is not None else "--seed")
     if seed is not None and reference is not None:

@@ -30,6 +30,7 @@ cluster needs no access to it from the workers.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -40,9 +41,14 @@ from typing import Any, Callable
 import torch
 import yaml
 
-from stargan.config import SWEEPABLE, TUNED_FILE, Config, config_from_dict, tuned_keys
+from stargan.config import SWEEPABLE, TUNED_FILE, Config, config_from_dict, tuned_keys, with_loss_weights
 from stargan.errors import StarganError
+from stargan.evaluation import quick_objective
+from stargan.files import write_json, write_text
+from stargan.inference import model_from_state
 from stargan.tracking import Tracker
+from stargan.training.ray_cluster import init_ray
+from stargan.training.worker import WorkerContext, run_worker
 
 #: searchable λ -> where it lives in params, per model
 SEARCH = {model: {k: f"train.{model}.{k}" for k in names} for model, names in SWEEPABLE.items()}
@@ -73,19 +79,16 @@ def search_space(cfg: Config) -> dict[str, Any]:
 
 def trial_config(params: dict, lambdas: dict[str, float], tune_cfg: dict) -> Config:
     """The training config of one trial: the λs, ``iters_per_trial`` steps, a checkpoint per report."""
+    cfg = with_loss_weights(config_from_dict(params), lambdas)
     iters = int(tune_cfg["iters_per_trial"])
     every = max(1, math.ceil(iters / int(tune_cfg["reports_per_trial"])))
-    model = params["train"]["model"]
-    over = [f"{SEARCH[model][k]}={float(v)!r}" for k, v in lambdas.items()]
-    over += [f"train.num_iters={iters}", f"train.checkpoint_every={every}",
-             f"train.log_every={min(every, int(params['train']['log_every']))}",
-             f"train.sample_every={iters + 1}"]
-    return config_from_dict(params, over)
+    train = dataclasses.replace(cfg.train, num_iters=iters, checkpoint_every=every, sample_every=iters + 1,
+                                log_every=min(every, cfg.train.log_every))
+    return dataclasses.replace(cfg, train=train)
 
 
 class _TrialHooks:
     """Worker-loop hooks: no resume; at each checkpoint score the model and report it."""
-
     def __init__(self, cfg: Config, repo_root: Path, report: Callable[[dict], None], rank: int = 0):
         self.cfg, self.root, self._report, self.rank = cfg, repo_root, report, rank
 
@@ -98,9 +101,6 @@ class _TrialHooks:
         if state is None or metrics.get("nonfinite"):
             out["objective"] = WORST if t.mode == "min" else -WORST
         elif self.rank == 0:
-            from stargan.evaluation import quick_objective
-            from stargan.inference import model_from_state
-
             scores = {k: float(v) for k, v in
                       quick_objective(model_from_state(state), self.cfg, self.root, t.val_images).items()
                       if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -117,7 +117,6 @@ def _function_trial(config: dict) -> None:
     """Function trainable: the worker loop in this process."""
     from ray import tune
 
-    from stargan.training.worker import WorkerContext, run_worker
 
     torch.set_num_threads(1)
     cfg = trial_config(config["params"], config["lambdas"], config["tune"])
@@ -132,7 +131,6 @@ def _train_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from stargan.training.worker import WorkerContext, run_worker
 
     tctx = ray.train.get_context()
     rank = tctx.get_world_rank()
@@ -185,8 +183,6 @@ def _history_callback():
 
 
 def _init_ray(cfg: Config) -> bool:
-    from stargan.training.ray_cluster import init_ray
-
     # Logical over-subscription (TOOLCHAIN §3); the dashboard is needed when Tune drives Train.
     # A local instance listens on 127.0.0.1 only (ray_cluster.py, docs/security.md).
     return init_ray(cfg.train.ray.address, num_cpus=cfg.tune.cpus, include_dashboard=cfg.tune.use_ray_train)
@@ -316,8 +312,6 @@ def tuned_yaml(best: dict) -> str:
 
 def write_outputs(best: dict, repo_root: Path) -> None:
     """best.json (trial table), tuned.yaml (the values train uses) and metrics/tune.json."""
-    from stargan.files import write_json, write_text
-
     write_json(repo_root / BEST_JSON, best)
     write_text(repo_root / TUNED_FILE, tuned_yaml(best))
     write_json(repo_root / "metrics" / "tune.json", metrics_summary(best))

@@ -17,7 +17,7 @@ from stargan.evaluation.classifier import (ResNetClassifier, Classifier, classif
 from stargan.evaluation.tasks import EvalContext, ground_truth
 from stargan.inference import V1Model
 from stargan.training.labels import LabelLayout
-from stargan.training.v1_step import build_v1
+from stargan.training.nets import build_v1
 from tiny_project import build_data
 
 

@@ -34,7 +34,7 @@ def make_checkpoint(root: Path, kind: str, seed: int = 0) -> Path:
     cfg = config_from_dict(params)
     if kind == "v1":
         from stargan.training.labels import LabelLayout
-        from stargan.training.v1_step import build_v1
+        from stargan.training.nets import build_v1
 
         rafd = list(params["data"]["datasets"]["rafd"]["attributes"])
         layout = LabelLayout([("celeba", CELEBA, "multi"), ("rafd", rafd, "onehot")])
@@ -42,7 +42,7 @@ def make_checkpoint(root: Path, kind: str, seed: int = 0) -> Path:
         state = TrainState(step=1, model="v1", config=cfg.to_dict(), nets={"G": nets.G.state_dict()},
                            extra={"layout": layout.to_dict()})
     else:
-        from stargan.models.v2 import build_v2
+        from stargan.training.nets import build_v2
 
         nets, _ = build_v2(cfg.train, len(V2_DOMAINS), torch.device("cpu"))
         state = TrainState(step=1, model="v2", config=cfg.to_dict(),

@@ -15,7 +15,7 @@ import torch
 from stargan.config import Config, ConfigError, config_from_dict
 from stargan.inference import MaskedGenerator, load_model
 from stargan.models.fan import FAN, REGIONS, WING_URL, heatmaps_to_masks, load_fan
-from stargan.models.v2 import build_v2
+from stargan.training.nets import build_v2
 from stargan.training import v2_step
 from stargan.training.checkpoint import CheckpointError, load_state, save_state
 from stargan.training.v2_trainer import V2Trainer

@@ -13,6 +13,7 @@ from stargan.models import v2 as m2
 from stargan.models.ops import InstanceNorm, avg_pool2x, instance_norm, set_fast_ops
 from stargan.models.v1 import Generator
 from stargan.training import v1_step, v2_step
+from stargan.training.nets import build_v1, build_v2
 from stargan.training.labels import LabelLayout
 
 FORMATS = [torch.contiguous_format, torch.channels_last]
@@ -102,7 +103,7 @@ def _v1_cfg(**knobs) -> TrainConfig:
 
 def _v1_run(cfg: TrainConfig, steps: int = 2) -> tuple[list[dict], list[torch.Tensor]]:
     layout = LabelLayout([("c", ["a", "b", "c"], "multi")])
-    nets, optims = v1_step.build_v1(cfg, layout)
+    nets, optims = build_v1(cfg, layout)
     g = torch.Generator().manual_seed(3)
     gen = torch.Generator().manual_seed(4)
     out = []
@@ -137,7 +138,7 @@ def test_v1_bf16_fast_path_losses_stay_close_to_fp32():
 
 
 def _v2_run(cfg: TrainConfig, steps: int = 2) -> tuple[list[dict], dict]:
-    nets, optims = m2.build_v2(cfg, num_domains=2)
+    nets, optims = build_v2(cfg, num_domains=2)
     g = torch.Generator().manual_seed(5)
     gen = torch.Generator().manual_seed(6)
     out = []
@@ -174,7 +175,7 @@ def test_v2_bf16_fast_path_losses_stay_close_to_fp32():
 
 def test_default_path_uses_the_stock_ops():
     cfg = _v2_cfg()
-    nets, _ = m2.build_v2(cfg, num_domains=2)
+    nets, _ = build_v2(cfg, num_domains=2)
     assert not any(getattr(m, "fast", False) for m in nets.G.modules())
     assert nets.D_single is nets.D
 

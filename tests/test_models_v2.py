@@ -5,7 +5,8 @@ import torch.nn.functional as F
 
 from stargan.config import ConfigError, TrainConfig
 from stargan.models.v2 import (AdaIN, AdainResBlk, Discriminator, Generator, HighPass, MappingNetwork,
-                               ResBlk, StyleEncoder, build_v2)
+                               ResBlk, StyleEncoder)
+from stargan.training.nets import build_v2
 
 
 def n_params(m):

@@ -115,10 +115,11 @@ def _recording(sync, log: list):
 def run_v1(rank: int, world: int) -> dict:
     from stargan.training import v1_step
     from stargan.training.distributed import make_sync_grads
+    from stargan.training.nets import build_v1
 
     cfg = v1_cfg()
     layout = FixedTargets([("attrs", ["a", "b", "c"], "multi")])
-    nets, optims = v1_step.build_v1(cfg, layout)
+    nets, optims = build_v1(cfg, layout)
     grads: list = []
     sync = _recording(make_sync_grads(), grads)
     real_interpolate = v1_step.interpolate
@@ -138,7 +139,7 @@ def run_v1(rank: int, world: int) -> dict:
 
 
 def run_v2(rank: int, world: int) -> dict:
-    from stargan.models.v2 import build_v2
+    from stargan.training.nets import build_v2
     from stargan.training import v2_step
     from stargan.training.distributed import make_sync_grads
 

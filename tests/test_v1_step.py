@@ -11,7 +11,8 @@ from stargan.losses import gradient_penalty, interpolate
 from stargan.training.errors import NonFiniteLossError
 from stargan.training.labels import LabelLayout
 from stargan.training.schedules import linear_decay_lr
-from stargan.training.v1_step import build_v1, cls_loss, train_step, translate, translation_grid
+from stargan.training.nets import build_v1
+from stargan.training.v1_step import cls_loss, train_step, translate, translation_grid
 
 CELEBA = ("celeba", ["Black_Hair", "Blond_Hair", "Brown_Hair", "Male", "Young"], "multi")
 RAFD = ("rafd", ["angry", "contemptuous", "disgusted", "fearful", "happy", "neutral", "sad", "surprised"],

@@ -7,7 +7,7 @@ import torch
 
 from stargan.config import TrainConfig
 from stargan.losses import lambda_ds_at
-from stargan.models.v2 import build_v2
+from stargan.training.nets import build_v2
 from stargan.training.errors import NonFiniteLossError
 from stargan.training.v2_step import (d_phase, g_phase, train_step, translate_latent,
                                       translate_reference, update_ema)

@@ -75,9 +75,10 @@ def _reset_backends(device: torch.device) -> None:
 def _v1_runner(cfg: TrainConfig, device: torch.device, n_batches: int = 4) -> tuple[Callable[[int], dict], int]:
     from stargan.training import v1_step
     from stargan.training.labels import LabelLayout
+    from stargan.training.nets import build_v1
 
     layout = LabelLayout([("celeba", CELEBA_ATTRS, "multi")])
-    nets, optims = v1_step.build_v1(cfg, layout, device)
+    nets, optims = build_v1(cfg, layout, device)
     g = torch.Generator().manual_seed(123)
     size, b = cfg.image_size, cfg.batch_size
     batches = [{"image": (torch.rand(b, 3, size, size, generator=g) * 2 - 1).to(device),
@@ -93,7 +94,7 @@ def _v1_runner(cfg: TrainConfig, device: torch.device, n_batches: int = 4) -> tu
 
 def _v2_runner(cfg: TrainConfig, device: torch.device, num_domains: int = 3, n_batches: int = 4
                ) -> tuple[Callable[[int], dict], int]:
-    from stargan.models.v2 import build_v2
+    from stargan.training.nets import build_v2
     from stargan.training import v2_step
 
     nets, optims = build_v2(cfg, num_domains, device)

@@ -57,10 +57,6 @@ def archive_kind(path: Path) -> str | None:
     return None
 
 
-def is_archive_name(path: str | Path) -> bool:
-    return str(path).lower().endswith(ARCHIVE_SUFFIXES)
-
-
 def _parts(name: str) -> list[str]:
     return [p for p in re.split(r"[\\/]+", name) if p not in ("", ".")]
 

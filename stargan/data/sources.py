@@ -18,8 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from stargan.config import LAYOUTS, DatasetSpec
+from typing import TYPE_CHECKING
+
 from stargan.errors import StarganError
+
+if TYPE_CHECKING:     # the config imports this registry, not the other way round
+    from stargan.config import DatasetSpec
+
+#: On-disk formats of raw datasets (stargan/data/formats.py reads each).
+LAYOUTS = ("celeba", "rafd", "folders")
 
 
 class SourceError(StarganError, ValueError):

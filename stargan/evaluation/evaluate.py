@@ -17,7 +17,12 @@ import stargan.evaluation.metric_fid  # noqa: F401
 import stargan.evaluation.metric_lpips  # noqa: F401
 from stargan.config import Config
 from stargan.evaluation.metrics import MetricResult, calc_metric, list_metrics
+from stargan.evaluation.report import build_report, log_to_tracking, sample_grids, write_plots
 from stargan.evaluation.tasks import EvalContext
+from stargan.files import sha256_file, write_json
+from stargan.inference import model_from_state
+from stargan.tracking import RUN_ID_KEY, Tracker
+from stargan.training.checkpoint import check_compatible, load_state
 
 
 def default_device() -> torch.device:
@@ -49,8 +54,6 @@ def evaluate_model(model, cfg: Config, repo_root: Path, *, device=None, max_imag
     """Every registered metric (or ``metrics``) on the test split -> the ``metrics/eval.json``
     dict (numbers per metric, ``unavailable`` with reasons and fixes, ``info``), with the plot
     rows under the extra key ``"_tables"`` and the :class:`EvalContext` under ``"_ctx"``."""
-    from stargan.evaluation.report import build_report
-
     ctx = make_context(model, cfg, repo_root, device, max_images)
     results = run_metrics(ctx, metrics, verbose)
     report = build_report(results, ctx)
@@ -91,12 +94,6 @@ def evaluate_checkpoint(cfg: Config, repo_root: Path, checkpoint: Path | None = 
     """The evaluate stage: ``train.output_dir/checkpoint.pt`` -> metrics/eval.json,
     reports/eval_details.json (per-metric metadata: image counts, skipped targets, classifier
     scores), plots/eval_*.csv, plots/eval_grids/*.png, all also logged to the model's MLflow run."""
-    from stargan.inference import model_from_state
-    from stargan.files import sha256_file, write_json
-    from stargan.tracking import RUN_ID_KEY, Tracker
-    from stargan.training.checkpoint import check_compatible, load_state
-    from stargan.evaluation.report import log_to_tracking, sample_grids, write_plots
-
     repo_root = Path(repo_root)
     path = checkpoint or repo_root / cfg.train.output_dir / "checkpoint.pt"
     state = load_state(path)

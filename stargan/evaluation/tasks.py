@@ -25,6 +25,11 @@ import torch
 from torch import Tensor
 
 from stargan.config import Config
+from stargan.data.align import warp
+from stargan.data.loader import iter_split
+from stargan.data.synthetic import FaceParams, counterfactual, render
+from stargan.data.transforms import build_transform
+from stargan.evaluation.classifier import classifier_path, load_classifier
 from stargan.evaluation.errors import MetricUnavailable
 from stargan.inference import V1Model, V2Model
 from stargan.training.labels import HAIR_COLOURS, LabelLayout
@@ -75,8 +80,6 @@ class EvalContext:
 
     def classifier(self, dataset: str):
         """The dataset's trained classifier (``models/classifier/<dataset>.pt``)."""
-        from stargan.evaluation.classifier import classifier_path, load_classifier
-
         if dataset not in self._classifiers:
             path = classifier_path(self.repo_root, dataset)
             if not path.exists():
@@ -92,8 +95,6 @@ class EvalContext:
     def batches(self, dataset: str, split: str = "test", limit: int | None = None) -> Iterator[dict]:
         """Real images of ``split`` at the model's size, on the device, at most ``limit``
         (default ``max_images``) of them."""
-        from stargan.data.loader import iter_split
-
         limit = self.max_images if limit is None else limit
         seen = 0
         for b in iter_split(self.shard_dir(dataset), split, self.batch_size, self.image_size):
@@ -285,10 +286,7 @@ class GroundTruth:
     """Renders the true counterfactual of a synthetic test image, aligned and resized exactly as
     the pipeline prepared the input: render the raw canvas (``synthetic.image_size``), warp with
     the image's stored raw->aligned matrix (``stargan.data.align.warp``), then the eval transform."""
-
     def __init__(self, raw_size: int, aligned_size: int, image_size: int, cache_items: int = 20000):
-        from stargan.data.transforms import build_transform
-
         self.raw_size, self.aligned_size = raw_size, aligned_size
         self.transform = build_transform("eval", image_size, aligned_size)
         self._cache: OrderedDict = OrderedDict()
@@ -297,9 +295,6 @@ class GroundTruth:
     def render(self, params: dict, matrix: Tensor, label_names: list[str] | None = None,
                labels: list[float] | None = None) -> Tensor:
         """[3, H, W] in [-1, 1]; ``label_names=None`` renders the unchanged parameters."""
-        from stargan.data.align import warp
-        from stargan.data.synthetic import counterfactual, render
-
         p = counterfactual(params, label_names or [], labels or [])
         m = np.asarray(matrix.detach().cpu().double().numpy()).reshape(2, 3)
         key = (json.dumps(p.to_dict(), sort_keys=True), tuple(np.round(m.reshape(-1), 6)))
@@ -317,8 +312,6 @@ class GroundTruth:
     def changed(self, batch: dict, label_names: list[str], labels: Tensor) -> Tensor:
         """[B] bool: does the target change the face's parameters at all? (A hair-colour target
         equal to the face's own colour does not: its counterfactual *is* the input.)"""
-        from stargan.data.synthetic import FaceParams, counterfactual
-
         return torch.tensor([counterfactual(params, label_names, labels[i].tolist()) != FaceParams.from_dict(params)
                              for i, params in enumerate(batch["extra"])])
 

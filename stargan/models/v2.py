@@ -1,5 +1,6 @@
 """StarGAN v2 networks (Choi et al., CVPR 2020): generator G(x, s), mapping network F_y(z),
-style encoder E_y(x) and multi-task discriminator D_y(x), plus :func:`build_v2`.
+style encoder E_y(x) and multi-task discriminator D_y(x): plain ``nn.Module``s (what trains them,
+with which optimizers, is built in :mod:`stargan.training.nets`).
 
 Written from the paper and the facts listed in the project's reference notes (section B), not
 from the official code (which is CC BY-NC). Sizes follow the official networks exactly, so the
@@ -13,28 +14,18 @@ Two deliberate differences, both no-ops for every official configuration:
 """
 from __future__ import annotations
 
-import copy
 import math
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stargan.config import ConfigError, TrainConfig
-from stargan.models.fan import WING_URL, load_fan
-from stargan.models.ops import (InstanceNorm, apply_backend_flags, avg_pool2x, compile_module, instance_norm,
-                                set_fast_ops)
+from stargan.models.ops import InstanceNorm, avg_pool2x, instance_norm
 
-__all__ = [
-    "ResBlk", "AdaIN", "AdainResBlk", "HighPass", "Generator", "MappingNetwork", "StyleEncoder",
-    "Discriminator", "he_init", "V2Nets", "V2Optims", "build_v2", "FAN_MISSING_MSG",
-]
+__all__ = ["ResBlk", "AdaIN", "AdainResBlk", "HighPass", "Generator", "MappingNetwork", "StyleEncoder",
+           "Discriminator", "he_init"]
 
 _SQRT2 = math.sqrt(2.0)
-FAN_MISSING_MSG = ("w_hpf>0 needs the FAN landmark weights (wing.ckpt); set train.v2.wing_path to the "
-                   f"file (official download: {WING_URL}) or set train.v2.w_hpf: 0")
 
 
 def _log2_size(img_size: int) -> int:
@@ -305,98 +296,3 @@ def he_init(module: nn.Module) -> None:
             nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-
-
-# ------------------------------------------------------------------------------ bundle
-
-@dataclass
-class V2Nets:
-    """The trained nets and the EMA copies of G, F, E that are sampled, evaluated and exported.
-    ``fan`` is the frozen landmark network (:class:`~stargan.models.fan.FAN`) that makes the masks
-    when ``w_hpf > 0``, else None; it is neither trained nor checkpointed. ``D_single`` is D for
-    the passes that are differentiated once (fakes, G phases): D itself, or with ``train.compile``
-    a compiled view of the same parameters (R1's double backward always runs the eager D)."""
-    G: Generator
-    F: MappingNetwork
-    E: StyleEncoder
-    D: Discriminator
-    G_ema: Generator
-    F_ema: MappingNetwork
-    E_ema: StyleEncoder
-    fan: nn.Module | None = None
-    D_single: nn.Module | None = None
-
-    def __post_init__(self) -> None:
-        if self.D_single is None:
-            self.D_single = self.D
-
-    def trained(self) -> dict[str, nn.Module]:
-        return {"G": self.G, "F": self.F, "E": self.E, "D": self.D}
-
-    def ema(self) -> dict[str, nn.Module]:
-        return {"G": self.G_ema, "F": self.F_ema, "E": self.E_ema}
-
-
-@dataclass
-class V2Optims:
-    G: torch.optim.Adam
-    F: torch.optim.Adam
-    E: torch.optim.Adam
-    D: torch.optim.Adam
-
-
-def build_v2(cfg: TrainConfig, num_domains: int, device: torch.device | str | None = None,
-             ) -> tuple[V2Nets, V2Optims]:
-    """Build G, F, E, D (He init), their EMA copies and Adam optimizers from ``cfg.v2``.
-
-    - EMA copies are deep copies of the *initialised* G, F, E. (The official code copied them
-      before He init, so its EMA nets started from PyTorch's default init; with β=0.999 that
-      washes out, but there is no reason to keep it.)
-    - Adam(lr, betas=(beta1, beta2), weight_decay) for G, E, D and Adam(f_lr, ...) for F, with
-      ``weight_decay`` as *coupled* L2 (torch Adam, not AdamW), as the official; it applies to D too.
-    - ``w_hpf > 0`` needs the FAN landmark network: it is loaded (strictly, frozen) from
-      ``cfg.v2.wing_path`` every time, since checkpoints do not carry it (see :mod:`stargan.models.fan`).
-    """
-    v2 = cfg.v2
-    if num_domains < 1:
-        raise ValueError(f"num_domains must be >= 1, got {num_domains}")
-    fan = None
-    if v2.w_hpf > 0:
-        if not v2.wing_path or not Path(v2.wing_path).is_file():
-            raise ConfigError(f"train.v2.wing_path: {FAN_MISSING_MSG}"
-                              + (f" (no file at {v2.wing_path})" if v2.wing_path else ""))
-        fan = load_fan(v2.wing_path, device)
-    size = cfg.image_size
-    # Initial weights depend on train.seed only (a forked RNG leaves the caller's untouched), so
-    # every worker and every resumed run builds the same starting nets.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        G = Generator(size, v2.style_dim, v2.max_conv_dim, v2.w_hpf)
-        Fm = MappingNetwork(v2.latent_dim, v2.style_dim, num_domains, v2.mapping_hidden)
-        E = StyleEncoder(size, v2.style_dim, num_domains, v2.max_conv_dim)
-        D = Discriminator(size, num_domains, v2.max_conv_dim)
-        for net in (G, Fm, E, D):
-            he_init(net)
-    for net in (G, Fm, E, D):
-        net.to(device=device)
-        if cfg.fast_ops:
-            set_fast_ops(net)
-    apply_backend_flags(cfg.tf32, device)
-    if cfg.channels_last:
-        for net in (G, E, D):
-            net.to(memory_format=torch.channels_last)
-    nets = V2Nets(G, Fm, E, D, copy.deepcopy(G), copy.deepcopy(Fm), copy.deepcopy(E), fan=fan)
-    for net in nets.ema().values():
-        net.requires_grad_(False)
-    if cfg.compile:
-        for net in (G, Fm, E):
-            compile_module(net)
-        nets.D_single = torch.compile(D)
-    on_cuda = device is not None and torch.device(device).type == "cuda"
-    fused = {"fused": True} if cfg.fast_ops and on_cuda else {}
-
-    def adam(module: nn.Module, lr: float) -> torch.optim.Adam:
-        return torch.optim.Adam(module.parameters(), lr=lr, betas=(v2.beta1, v2.beta2),
-                                weight_decay=v2.weight_decay, **fused)
-
-    return nets, V2Optims(G=adam(G, v2.lr), F=adam(Fm, v2.f_lr), E=adam(E, v2.lr), D=adam(D, v2.lr))

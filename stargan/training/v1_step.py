@@ -16,9 +16,7 @@ and leaves weights and optimizer state untouched. Nothing here knows Ray, MLflow
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
-from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
@@ -29,65 +27,16 @@ from stargan.config import TrainConfig
 from stargan.data.transforms import to_model_input
 from stargan.losses import (domain_cls_loss, gradient_penalty, interpolate, interpolation_weights, l1, wgan_d_loss,
                             wgan_g_loss)
-from stargan.models.ops import apply_backend_flags, compile_module, set_fast_ops
-from stargan.models.v1 import Discriminator, Generator
+from stargan.models.v1 import Generator
 from stargan.training.ema import update_ema
 from stargan.training.errors import NonFiniteLossError
 from stargan.training.labels import LabelLayout
+from stargan.training.nets import V1Nets, V1Optims
 from stargan.training.schedules import linear_decay_lr
 
-__all__ = ["V1Nets", "V1Optims", "NonFiniteLossError", "build_v1", "train_step", "cls_loss", "translate",
-           "translation_grid"]
+__all__ = ["NonFiniteLossError", "train_step", "cls_loss", "translate", "translation_grid"]
 
 SyncGrads = Callable[[nn.Module], None]
-
-
-@dataclass
-class V1Nets:
-    G: Generator
-    D: Discriminator
-    G_ema: Generator | None = None      # only with ``train.v1.ema_beta > 0``
-
-    @property
-    def G_eval(self) -> Generator:
-        """The generator to sample, evaluate and export: the EMA one when kept."""
-        return self.G_ema if self.G_ema is not None else self.G
-
-
-@dataclass
-class V1Optims:
-    g: torch.optim.Optimizer
-    d: torch.optim.Optimizer
-
-
-def build_v1(cfg: TrainConfig, layout: LabelLayout, device: torch.device | str | None = None
-             ) -> tuple[V1Nets, V1Optims]:
-    """G (label size ``layout.c_dim``) and D (cls size ``layout.cls_dim``) with their Adams.
-
-    Initial weights depend on ``cfg.seed`` only (drawn from a forked RNG, so the caller's
-    global RNG is left as it was). Opt-in speed knobs: ``fast_ops`` (layout-keeping instance
-    norm), ``tf32`` (CUDA backend flags), ``compile`` (G only: D's gradient penalty needs a
-    double backward, which compiled graphs do not support).
-    """
-    v = cfg.v1
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        G = Generator(v.g_conv_dim, layout.c_dim, v.g_repeat_num)
-        D = Discriminator(cfg.image_size, v.d_conv_dim, layout.cls_dim, v.d_repeat_num)
-    memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
-    G = G.to(device=device, memory_format=memory_format)
-    D = D.to(device=device, memory_format=memory_format)
-    if cfg.fast_ops:
-        set_fast_ops(G)
-    G_ema = copy.deepcopy(G).eval().requires_grad_(False) if v.ema_beta > 0 else None
-    apply_backend_flags(cfg.tf32, device)
-    if cfg.compile:
-        compile_module(G)
-    fused = {"fused": True} if device.type == "cuda" else {}
-    g_opt = torch.optim.Adam(G.parameters(), lr=v.g_lr, betas=(v.beta1, v.beta2), **fused)
-    d_opt = torch.optim.Adam(D.parameters(), lr=v.d_lr, betas=(v.beta1, v.beta2), **fused)
-    return V1Nets(G, D, G_ema), V1Optims(g_opt, d_opt)
 
 
 def cls_loss(layout: LabelLayout, dataset_idx: int, logits: Tensor, labels: Tensor) -> Tensor:

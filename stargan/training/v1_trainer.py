@@ -14,6 +14,7 @@ from stargan.config import Config
 from stargan.data.loader import iter_split, make_loader, train_stream
 from stargan.data.shards import split_entries, verify_shards
 from stargan.training import v1_step
+from stargan.training.nets import build_v1
 from stargan.training.checkpoint import TrainState, capture_rng, restore_rng
 from stargan.training.distributed import broadcast_module, make_sync_grads
 from stargan.training.labels import LabelLayout
@@ -38,7 +39,7 @@ class V1Trainer:
         self.dirs = [ctx.shard_root / name for name in t.datasets]
         manifests = [verify_shards(d) for d in self.dirs]
         self.layout = LabelLayout([(name, m["label_names"], m["label_kind"]) for name, m in zip(t.datasets, manifests)])
-        self.nets, self.optims = v1_step.build_v1(t, self.layout, ctx.device)
+        self.nets, self.optims = build_v1(t, self.layout, ctx.device)
         broadcast_module(self.nets.G)
         broadcast_module(self.nets.D)
         self.sync = make_sync_grads()

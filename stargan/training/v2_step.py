@@ -30,7 +30,7 @@ from torch.profiler import record_function
 from stargan.config import TrainConfig
 from stargan.data.transforms import to_model_input
 from stargan.losses import diversity_loss, l1, lambda_ds_at, nonsat_loss, r1_penalty
-from stargan.models.v2 import V2Nets, V2Optims
+from stargan.training.nets import V2Nets, V2Optims
 from stargan.training.ema import update_ema
 from stargan.training.errors import NonFiniteLossError
 

@@ -7,7 +7,7 @@ import torch
 
 from stargan.config import Config
 from stargan.data.loader import make_loader, train_stream
-from stargan.models.v2 import build_v2
+from stargan.training.nets import build_v2
 from stargan.training import v2_step
 from stargan.training.checkpoint import TrainState, capture_rng, restore_rng
 from stargan.training.distributed import broadcast_module, make_sync_grads
