@@ -3,7 +3,7 @@
 Trains the default v1 generator (``train.v1`` widths, 32 px) as a plain autoencoder — L1 only,
 no GAN, no labels — and prints its L1 (in [0, 1] units) on held-out identities. A translation can
 only be closer to the true counterfactual than the input is when this floor lies below the size
-of the change itself (an RaFD-like expression changes 0.021 of the image, see metrics/eval.json
+of the change itself (an RaFD-like expression changes 0.021 of the image, see reports/eval.json
 ``rafd/identity_l1``). Two training sets:
 
 - ``shards``: the pipeline's RaFD-like shards (data/shards/rafd: 20 train identities x 8

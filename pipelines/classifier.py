@@ -1,7 +1,7 @@
 """DVC stage `classifier`: real training shards -> one attribute/expression classifier per dataset.
 
 Reads params `evaluate.classifier_*`, `train.image_size`, `train.datasets`, `train.seed`; writes
-models/classifier/<dataset>.pt and metrics/classifier.json (accuracy on the real test images).
+models/classifier/<dataset>.pt and reports/classifier.json (accuracy on the real test images).
 The evaluate stage uses these classifiers for the target-accuracy metric (StarGAN's protocol).
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ def main(cfg, root: Path) -> None:
     from stargan.evaluation.classifier import train_classifiers
 
     metrics = train_classifiers(cfg, root)
-    write_json(root / "metrics" / "classifier.json", metrics)
+    write_json(root / "reports" / "classifier.json", metrics)
     for ds, m in metrics.items():
         print(f"[classifier] {ds}: real test accuracy {m['accuracy']:.4f} on {m['images']} images "
               f"({m['params']} parameters, {m['train_seconds']}s)")

@@ -1,9 +1,9 @@
 """DVC stage `evaluate`: trained checkpoint + test shards (+ classifiers) -> the papers' metrics.
 
 Reads params `evaluate` (+ `data`, `synthetic.image_size`, `train.output_dir`, `train.mlflow`);
-writes metrics/eval.json (DVC metrics, with an `unavailable` entry and its fix for every metric
-that could not run), plots/eval_*.csv and plots/eval_grids/*.png (DVC plots), and logs all of it
-to the MLflow run of the evaluated model.
+writes metrics/headline.json (the few numbers DVC compares), reports/eval.json (every number, with
+an `unavailable` entry and its fix for every metric that could not run), plots/eval/*.csv and
+plots/eval_grids/*.png (DVC plots), and logs all of it to the MLflow run of the evaluated model.
 """
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ from stargan.stage import run_stage
 
 
 def main(cfg, root: Path) -> None:
+    from stargan.config import EVAL_REPORT, HEADLINE
     from stargan.evaluation.evaluate import evaluate_checkpoint
+    from stargan.evaluation.report import headline
 
     report = evaluate_checkpoint(cfg, root)
-    for name, why in report["unavailable"].items():
-        print(f"[evaluate] {name} unavailable: {why['reason']}. Fix: {why['fix']}")
-    print(f"[evaluate] wrote {root / 'metrics' / 'eval.json'}")
+    print(f"[evaluate] wrote {root / EVAL_REPORT} and {root / HEADLINE}: "
+          + ", ".join(f"{k} {v:g}" for k, v in headline(report).items()))
 
 
 if __name__ == "__main__":

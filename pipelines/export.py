@@ -2,7 +2,7 @@
 
 Reads params `export` (+ `train.output_dir`, `train.mlflow`); writes models/export/ (graphs,
 model.json, export.json with parity and latency), models/export/registry.json and
-metrics/export.json. A parity failure exits non-zero and exports nothing.
+reports/export.json. A parity failure exits non-zero and exports nothing.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def main(cfg, root: Path) -> None:
     if reg is not None:
         write_json(root / e.output_dir / "registry.json", reg.to_dict())
         summary.update({"registered_version": int(reg.version), "alias_moved": int(reg.alias_moved)})
-    write_json(root / "metrics" / "export.json", summary)
+    write_json(root / "reports" / "export.json", summary)
 
 
 if __name__ == "__main__":

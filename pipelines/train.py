@@ -2,7 +2,7 @@
 
 Reads params `train` and tuned.yaml (the sweep's best value for each loss weight set to `tuned`;
 a number in params.yaml trains as written); writes train.output_dir/checkpoint.pt,
-metrics/train.json and plots/train_loss.csv. With train.ray.address (or RAY_ADDRESS) set, the
+reports/train.json (the last logged losses and rates) and plots/train_loss.csv. With train.ray.address (or RAY_ADDRESS) set, the
 training runs on that Ray cluster and this stage waits for it.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ def main(cfg, root: Path) -> None:
         for r in rows:
             w.writerow([r["step"], *[r.get(k, "") for k in keys]])
     final = {k: v for k, v in out.metrics.items() if isinstance(v, (int, float))}
-    write_json(root / "metrics" / "train.json", {"model": cfg.train.model, **final})
+    write_json(root / "reports" / "train.json", {"model": cfg.train.model, **final})
     print(f"[train] {out.run_name}: checkpoint {out.checkpoint}, MLflow run {out.run_id} at {out.tracking_uri}")
 
 

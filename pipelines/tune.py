@@ -1,5 +1,5 @@
 """DVC stage `tune`: Ray Tune sweep over the loss weights -> tuned.yaml, models/tune/best.json,
-metrics/tune.json.
+reports/tune.json.
 
 Reads params `tune` (+ `train`, whose loop each trial runs). The λs searched are the trained
 model's loss weights set to `tuned` in params.yaml (e.g. `train.v1.lambda_rec: tuned`); numbers

@@ -29,6 +29,8 @@ SOURCES = tuple(REGISTRY)      # the dataset sources: one list, stargan/data/sou
 TUNED = "tuned"
 #: Written by the tune stage beside params.yaml (a DVC params file of the train stage).
 TUNED_FILE = "tuned.yaml"
+#: Written by the evaluate stage: every number (export reads its objective there), and the few DVC compares.
+EVAL_REPORT, HEADLINE = "reports/eval.json", "metrics/headline.json"
 #: The loss weights a sweep may search, per model (those set to TUNED are searched).
 SWEEPABLE = {"v1": ("lambda_cls", "lambda_rec"), "v2": ("lambda_sty", "lambda_ds")}
 
@@ -273,7 +275,7 @@ class ExportConfig:
                               doc="dynamo (torch.export + onnxscript) or the deprecated TorchScript exporter")
     latency_reps: int = knob(5, lo=1)
     register: bool = knob(True, doc="log the pyfunc to MLflow and register it")
-    objective: str = knob("counterfactual/l1", doc="key in metrics/eval.json that decides the champion "
+    objective: str = knob("counterfactual/l1", doc="key in reports/eval.json that decides the champion "
                                                   "(nested sections joined by '/')")
     objective_mode: str = knob("min", choices=("min", "max"))
 

@@ -50,4 +50,6 @@ class Progress:
         line += f", {fmt(rate)} {self.unit}/s"
         if self.total and rate > 0 and not finished:
             line += f", ETA {duration((self.total - done) / rate)}"
-        print(line + (f", {note}" if note else ""), file=self.stream or sys.stderr, flush=True)
+        # sys.__stderr__, not sys.stderr: Ray Train wraps a worker's sys.stderr and its patched print
+        # then writes each line twice (through the wrapper and through its logger).
+        print(line + (f", {note}" if note else ""), file=self.stream or sys.__stderr__ or sys.stderr, flush=True)

@@ -19,7 +19,7 @@ Input (a dict of arrays; over REST ``{"inputs": {...}}``), S = ``train.image_siz
 Output: float32 [N, 3, S, S] in [-1, 1] (the translated images; ``(y + 1) * 127.5`` to uint8).
 
 Champion rule: the new version gets ``export.alias`` only if its evaluation objective
-(``export.objective`` in ``metrics/eval.json``, better by ``export.objective_mode``) beats the
+(``export.objective`` in ``reports/eval.json``, better by ``export.objective_mode``) beats the
 current champion's (the ``stargan.objective`` tag of the version holding the alias), or when
 there is no champion yet. Otherwise it is registered without moving the alias; the reason is
 printed and stored as the version tag ``stargan.champion_decision``.
@@ -40,7 +40,7 @@ import mlflow.pyfunc
 import numpy as np
 import torch
 
-from stargan.config import Config
+from stargan.config import EVAL_REPORT, Config
 from stargan.errors import StarganError
 from stargan.export import export_model
 from stargan.files import sha256_file
@@ -201,7 +201,7 @@ def load_registered(uri: str, tracking_uri: str | None = None):
 # ------------------------------------------------------------------------------- champion
 
 def read_objective(eval_json: Path | None, key: str, checkpoint: Path | None = None) -> float | None:
-    """``key`` from metrics/eval.json: a flat key (``counterfactual_l1``) or a path in nested
+    """``key`` from reports/eval.json: a flat key (``counterfactual_l1``) or a path in nested
     sections split on ``/`` or ``.``. None when the file or the key is missing, or not a number,
     or (given ``checkpoint``) when the file evaluated another checkpoint: a version is never
     judged by another model's numbers."""
@@ -232,7 +232,7 @@ def decide(new: float | None, champion_version: str | None, champion_value: floa
     if champion_version is None:
         return True, "no champion yet" + ("" if new is not None else f" (no '{key}' in the evaluation metrics)")
     if new is None:
-        return False, (f"no evaluation objective '{key}' for this version (metrics/eval.json missing or lacks it); "
+        return False, (f"no evaluation objective '{key}' for this version (reports/eval.json missing or lacks it); "
                        f"champion v{champion_version} kept")
     if champion_value is None:
         return True, f"champion v{champion_version} has no recorded objective '{key}'"
@@ -333,5 +333,4 @@ def export_and_register(cfg: Config, repo_root: Path, checkpoint: Path, *, regis
                           latency_reps=e.latency_reps)
     if not register:
         return report, None
-    return report, register_model(checkpoint, cfg, repo_root, export_dir=out,
-                                  eval_json=Path(repo_root) / "metrics" / "eval.json")
+    return report, register_model(checkpoint, cfg, repo_root, export_dir=out, eval_json=Path(repo_root) / EVAL_REPORT)

@@ -6,10 +6,11 @@ Every run is tagged with where it came from (:func:`provenance_tags`: the git co
 experiment and stage), and the default store is the project's own SQLite file, the main
 repository's even from a DVC experiment workspace (:func:`project_root`).
 
-Training: one run per training run, written by rank 0 only. Metrics are buffered and flushed at
-checkpoints: a worker that dies is restarted from the last checkpoint and replays the steps after
-it, so flushing exactly at checkpoint boundaries makes every logged step final and a restart
-never logs a step twice (MLflow cannot delete points). If the tracking server is unreachable,
+Training: one run per training run, written by rank 0 only. Metrics are buffered and sent every
+few seconds (live curves in the UI) and at every checkpoint. A worker that dies is restarted from
+the last checkpoint and replays the steps after it; the replays are deterministic, so the restarted
+logger skips the steps the run already holds and no step is logged twice (MLflow cannot delete
+points). If the tracking server is unreachable,
 training goes on: points stay in the buffer and in a local JSON-lines file beside the
 checkpoint, a warning says so, and the next successful flush sends what was held back. If the
 server cannot be reached when training *starts*, the driver warns and trains with an offline
@@ -256,9 +257,10 @@ def upload_run(tracker: Tracker, run_dir: Path, params: dict | None = None) -> s
 class RunLogger:
     """Rank-0 logger bound to an existing run id (created by the driver) of the store at
     ``tracking_uri``; ``run_id == ""`` is an offline run: metrics go to ``local_log`` only."""
-    def __init__(self, tracking_uri: str, run_id: str, local_log: Path | None = None):
+    def __init__(self, tracking_uri: str, run_id: str, local_log: Path | None = None, live_every_s: float = 10.0):
         self.tracker, self.run_id = Tracker(tracking_uri), run_id
-        self.local_log = local_log
+        self.local_log, self.live_every_s = local_log, live_every_s
+        self._last_send = time.monotonic()
         self._pending: list[tuple[str, float, int]] = []
         self._warned = False
         self._held: dict[str, int] | None = None    # last step the run already holds, per metric
@@ -270,6 +272,8 @@ class RunLogger:
             self.local_log.parent.mkdir(parents=True, exist_ok=True)
             with self.local_log.open("a") as f:
                 f.write(json.dumps({"step": int(step), **{k: float(v) for k, v in metrics.items()}}) + "\n")
+        if self.run_id and not self._warned and time.monotonic() - self._last_send >= self.live_every_s:
+            self.flush()
 
     def flush(self) -> bool:
         """Send buffered points; keep them (and warn once) if the server cannot be reached."""
@@ -297,6 +301,7 @@ class RunLogger:
                 self._warned = True
             return False
         self._pending.clear()
+        self._last_send = time.monotonic()
         return True
 
     def log_image(self, image: np.ndarray, artifact_file: str) -> None:

@@ -122,7 +122,7 @@ def _function_trial(config: dict) -> None:
     cfg = trial_config(config["params"], config["lambdas"], config["tune"])
     root = Path(config["repo_root"])
     ctx = WorkerContext(rank=0, world_size=1, device=torch.device("cpu"),
-                        shard_root=(root / cfg.data.root / "shards").resolve())
+                        shard_root=(root / cfg.data.root / "shards").resolve(), progress=False)
     run_worker(cfg, ctx, _TrialHooks(cfg, root, tune.report))
 
 
@@ -137,7 +137,7 @@ def _train_worker(config: dict) -> None:
     cfg = trial_config(config["params"], config["lambdas"], config["tune"])
     root = Path(config["repo_root"])
     ctx = WorkerContext(rank=rank, world_size=tctx.get_world_size(), device=ray.train.torch.get_device(),
-                        shard_root=(root / cfg.data.root / "shards").resolve())
+                        shard_root=(root / cfg.data.root / "shards").resolve(), progress=False)
     run_worker(cfg, ctx, _TrialHooks(cfg, root, ray.train.report, rank))
 
 
@@ -166,18 +166,27 @@ def _trainable(config: dict, base: dict) -> None:
 
 # ---------------------------------------------------------------------------------- sweep
 
-def _history_callback():
-    """A Tune callback (runs in the driver) keeping every reported result per trial: the trial
-    table and the MLflow child runs are built from it (the CSV/JSON loggers may be disabled)."""
+def _history_callback(total: int, t0: float):
+    """A Tune callback (runs in the driver) keeping every reported result per trial (the trial
+    table and the MLflow child runs are built from it) and printing one line per report, in place
+    of Tune's own status tables (``verbose=0``: hundreds of lines for a 4-trial sweep)."""
     from ray import tune
 
     class History(tune.Callback):
         def __init__(self):
             self.rows: dict[str, list[dict]] = {}
+            self.done = 0
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            self.rows.setdefault(trial.trial_id, []).append(
-                {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+            row = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            self.rows.setdefault(trial.trial_id, []).append(row)
+            lam = ", ".join(f"{k}={v:.4g}" for k, v in trial.config.items() if isinstance(v, float))
+            print(f"[tune] trial {trial.trial_id} ({lam}): objective {row.get('objective', float('nan')):.4g} at step "
+                  f"{int(row.get('step', 0))} ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.done += 1
+            print(f"[tune] {self.done}/{total} trials done", flush=True)
 
     return History()
 
@@ -214,8 +223,8 @@ def run_sweep(cfg: Config, repo_root: Path, *, name: str | None = None) -> dict:
     space = search_space(cfg)
     trainable = tune.with_resources(tune.with_parameters(_trainable, base=base),
                                     {"cpu": 1} if not t.use_ray_train else {"cpu": 0.5})
-    history = _history_callback()
     t0 = time.perf_counter()
+    history = _history_callback(t.num_samples, t0)
     started = _init_ray(cfg)
     try:
         tuner = tune.Tuner(
@@ -227,7 +236,7 @@ def run_sweep(cfg: Config, repo_root: Path, *, name: str | None = None) -> dict:
                                         grace_period=min(t.grace_period, t.reports_per_trial),
                                         reduction_factor=t.reduction_factor),
                 trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"),
-            run_config=tune.RunConfig(name=name, storage_path=str(storage),
+            run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0,
                                       callbacks=[history, CSVLoggerCallback(), JsonLoggerCallback()]))
         grid = tuner.fit()
     finally:
@@ -311,14 +320,14 @@ def tuned_yaml(best: dict) -> str:
 
 
 def write_outputs(best: dict, repo_root: Path) -> None:
-    """best.json (trial table), tuned.yaml (the values train uses) and metrics/tune.json."""
+    """best.json (trial table), tuned.yaml (the values train uses) and reports/tune.json."""
     write_json(repo_root / BEST_JSON, best)
     write_text(repo_root / TUNED_FILE, tuned_yaml(best))
-    write_json(repo_root / "metrics" / "tune.json", metrics_summary(best))
+    write_json(repo_root / "reports" / "tune.json", metrics_summary(best))
 
 
 def metrics_summary(best: dict) -> dict:
-    """``metrics/tune.json``: flat numbers for ``dvc metrics show`` / ``dvc exp show``."""
+    """``reports/tune.json``: the sweep in a few flat numbers."""
     if not best["trials"]:
         return {"trials": 0}
     out = {"best_objective": best["best_value"], "trials": len(best["trials"]),

@@ -2,8 +2,6 @@
 reshaping, and keeping it here keeps the one encode path (``stargan.data.imageio``)."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -33,17 +31,46 @@ def grid(rows: list[torch.Tensor], pad: int = 2) -> np.ndarray:
     return out
 
 
+def labelled_grid(rows: list[torch.Tensor], columns: list[str], scale: int = 4, pad: int = 2) -> np.ndarray:
+    """:func:`grid` with every tile enlarged ``scale`` times (nearest neighbour: the pixels the
+    model made, only bigger) under a header naming each column (``columns[c]``: "input",
+    "Blond_Hair", ...). A 32-px tile is too small to judge at its native size."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    imgs = [to_uint8(r).repeat(scale, axis=1).repeat(scale, axis=2) for r in rows]
+    body = grid([torch.from_numpy(np.ascontiguousarray(i)).permute(0, 3, 1, 2).float() / 127.5 - 1 for i in imgs],
+                pad)
+    w = imgs[0].shape[2]
+    font = ImageFont.load_default()
+    header = Image.new("RGB", (body.shape[1], 14 * 2 + pad), "white")
+    draw = ImageDraw.Draw(header)
+    for j, text in enumerate(columns[:max(len(r) for r in imgs)]):
+        lines = _wrap(text, draw, font, w)
+        for k, line in enumerate(lines[:2]):
+            draw.text((pad + j * (w + pad) + 2, pad + 14 * k), line, fill="black", font=font)
+    return np.concatenate([np.asarray(header), body])
+
+
+def _wrap(text: str, draw, font, width: int) -> list[str]:
+    """Split a label at '/' or '_' (else anywhere) into lines that fit ``width`` pixels."""
+    lines, cur = [], ""
+    for ch in text:
+        if draw.textlength(cur + ch, font=font) > width - 4:
+            cut = max(cur.rfind("/"), cur.rfind("_"))
+            lines.append(cur[:cut + 1] if cut > 0 else cur)
+            cur = (cur[cut + 1:] if cut > 0 else "") + ch
+        else:
+            cur += ch
+    return lines + [cur]
+
+
 def save_png(path: str | Path, rgb: np.ndarray) -> Path:
-    """Atomic PNG write (temp file + rename)."""
+    """Atomic PNG write, readable like any file the user writes."""
     import cv2
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from stargan.files import write_bytes
+
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
     if not ok:
         raise ValueError(f"could not encode {path} as PNG")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(buf.tobytes())
-    os.replace(tmp, path)
-    return path
+    return write_bytes(path, buf.tobytes())

@@ -51,7 +51,7 @@ def test_v1_train_classifier_evaluate_stages_offline(tmp_path):
     run_stage(root, "classifier")
     proc = run_stage(root, "evaluate")
     assert time.time() - t0 < 240
-    rep = json.loads((root / "metrics" / "eval.json").read_text())
+    rep = json.loads((root / "reports" / "eval.json").read_text())
     assert rep["model"] == "v1" and rep["step"] == 6
     acc = rep["target_accuracy"]
     assert {"mean", "real/celeba", "real/rafd", "celeba/Male", "celeba/Male/others_kept", "rafd/happy",
@@ -64,14 +64,24 @@ def test_v1_train_classifier_evaluate_stages_offline(tmp_path):
     assert "pt_inception-2015-12-05-6726825d.pth not found" in fid["reason"]
     assert "evaluate.weights_dir" in fid["fix"] and "fid" not in rep
     assert "lpips" in rep["not_applicable"]
-    assert "fid unavailable" in proc.stdout
-    rows = list(csv.DictReader((root / "plots" / "eval_accuracy.csv").open()))
+    assert "[evaluate] fid: unavailable: " in proc.stdout and "Fix: " in proc.stdout
+    assert proc.stdout.count("pt_inception-2015-12-05-6726825d.pth not found") == 1, "said once"
+    rows = list(csv.DictReader((root / "reports" / "eval_accuracy.csv").open()))
     assert len(rows) == len([k for k in acc if k.count("/") == 1 and not k.startswith("real/")
                              and not k.endswith("/mean")])
-    assert (root / "plots" / "eval_fid.csv").read_text().strip() == "task,fid"
+    assert (root / "reports" / "eval_fid.csv").read_text().strip() == "task,fid"
+    # DVC's charts: one per metric that ran (no empty FID chart), value against target
+    bars = {p.name: list(csv.DictReader(p.open())) for p in (root / "plots" / "eval").glob("*.csv")}
+    assert set(bars) == {"target_accuracy.csv", "counterfactual_l1_gain_over_input.csv", "fid_classifier_features.csv"}
+    assert [r["target"] for r in bars["target_accuracy.csv"]] == [r["name"] for r in rows]
+    assert [float(r["value"]) for r in bars["target_accuracy.csv"]] == [float(r["accuracy"]) for r in rows]
+    head = json.loads((root / "metrics" / "headline.json").read_text())
+    assert head["accuracy"] == pytest.approx(acc["mean"], abs=1e-4) and "fid" not in head
+    assert head["beats_input"] == pytest.approx(cf["fraction_beating_identity"], abs=1e-4)
+    assert set(head) == {"accuracy", "judge", "beats_input", "l1_gain", "kept_l1", "cycle_l1", "fid_cls"}
     grids = sorted(p.name for p in (root / "plots" / "eval_grids").glob("*.png"))
     assert grids == ["counterfactual_celeba.png", "counterfactual_rafd.png", "samples_celeba.png", "samples_rafd.png"]
-    assert json.loads((root / "metrics" / "classifier.json").read_text())["celeba"]["accuracy"] > 0.5
+    assert json.loads((root / "reports" / "classifier.json").read_text())["celeba"]["accuracy"] > 0.5
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)

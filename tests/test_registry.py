@@ -66,8 +66,8 @@ def test_pyfunc_predict_on_names(tmp_path):
 
 
 def _eval(root: Path, value: float, checkpoint: Path) -> Path:
-    """metrics/eval.json as the evaluate stage writes it for ``checkpoint``."""
-    f = root / "metrics" / "eval.json"
+    """reports/eval.json as the evaluate stage writes it for ``checkpoint``."""
+    f = root / "reports" / "eval.json"
     f.parent.mkdir(parents=True, exist_ok=True)
     f.write_text(json.dumps({"counterfactual": {"l1": value, "psnr": 20.0},
                              "info": {"checkpoint_sha256": sha256_file(checkpoint)}}))
@@ -100,7 +100,7 @@ def test_alias_moves_only_when_better(tmp_path):
 
 
 def test_a_version_is_never_judged_by_another_checkpoints_evaluation(tmp_path, capsys):
-    """metrics/eval.json of model A next to checkpoint B (e.g. `stargan export --checkpoint B`):
+    """reports/eval.json of model A next to checkpoint B (e.g. `stargan export --checkpoint B`):
     its objective is not B's, so B is registered without taking the alias, and the reason says so."""
     from mlflow.tracking import MlflowClient
 

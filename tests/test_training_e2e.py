@@ -215,7 +215,7 @@ def test_a_non_finite_loss_on_ray_fails_the_run_instead_of_finishing_it(data_roo
     assert proc.returncode == 2, proc.stderr[-4000:]
     line = proc.stderr.strip().splitlines()[-1]
     assert re.match(r"\[train\] error: loss .* is (nan|inf|-inf) at step \d+\..*last good checkpoint is kept", line), line
-    assert not (root / "models" / "train").exists() and not (root / "metrics" / "train.json").exists()
+    assert not (root / "models" / "train").exists() and not (root / "reports" / "train.json").exists()
     client = _mlflow_run(root, "")[0]
     runs = client.search_runs([client.get_experiment_by_name("stargan").experiment_id])
     assert [r.info.status for r in runs] == ["FAILED"]

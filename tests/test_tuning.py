@@ -120,7 +120,7 @@ def test_sweep_searches_the_tuned_weight_and_train_uses_its_best_and_the_fixed_n
     assert proc.returncode == 0, proc.stderr[-4000:]
     best = json.loads((root / "models" / "tune" / "best.json").read_text())
     _check_sweep(root, best, "v1", ["lambda_cls"])
-    summary = json.loads((root / "metrics" / "tune.json").read_text())
+    summary = json.loads((root / "reports" / "tune.json").read_text())
     assert summary["trials"] == 2 and summary["best_objective"] == best["best_value"]
     train = subprocess.run([sys.executable, str(REPO / "pipelines" / "train.py")], cwd=root, env=env(),
                            capture_output=True, text=True, timeout=600)

@@ -1,5 +1,6 @@
 """Entry points: evaluate a model with every registered metric, the cheap objective for sweeps,
-and the evaluate stage's whole job (checkpoint -> metrics/eval.json, plots, grids, MLflow)."""
+and the evaluate stage's whole job (checkpoint -> reports/eval.json, metrics/headline.json, plots,
+grids, MLflow)."""
 from __future__ import annotations
 
 import time
@@ -15,9 +16,9 @@ import stargan.evaluation.metric_counterfactual  # noqa: F401
 import stargan.evaluation.metric_cycle  # noqa: F401
 import stargan.evaluation.metric_fid  # noqa: F401
 import stargan.evaluation.metric_lpips  # noqa: F401
-from stargan.config import Config
+from stargan.config import EVAL_REPORT, HEADLINE, Config
 from stargan.evaluation.metrics import MetricResult, calc_metric, list_metrics
-from stargan.evaluation.report import build_report, log_to_tracking, sample_grids, write_plots
+from stargan.evaluation.report import build_report, headline, log_to_tracking, sample_grids, write_tables
 from stargan.evaluation.tasks import EvalContext
 from stargan.files import sha256_file, write_json
 from stargan.inference import model_from_state
@@ -44,14 +45,15 @@ def run_metrics(ctx: EvalContext, metrics: Sequence[str] | None = None, verbose:
         out[name] = calc_metric(name, ctx)
         if verbose:
             r = out[name]
-            state = f"{len(r.results)} values" if r.available else f"unavailable: {r.reason}"
+            state = (f"{len(r.results)} values" if r.available else r.reason if r.reason.startswith("not defined")
+                     else f"unavailable: {r.reason}. Fix: {r.fix}")
             print(f"[evaluate] {name}: {state} ({r.seconds:.1f}s)", flush=True)
     return out
 
 
 def evaluate_model(model, cfg: Config, repo_root: Path, *, device=None, max_images: int | None = None,
                    metrics: Sequence[str] | None = None, verbose: bool = False) -> dict:
-    """Every registered metric (or ``metrics``) on the test split -> the ``metrics/eval.json``
+    """Every registered metric (or ``metrics``) on the test split -> the ``reports/eval.json``
     dict (numbers per metric, ``unavailable`` with reasons and fixes, ``info``), with the plot
     rows under the extra key ``"_tables"`` and the :class:`EvalContext` under ``"_ctx"``."""
     ctx = make_context(model, cfg, repo_root, device, max_images)
@@ -91,9 +93,11 @@ def quick_objective(model, cfg: Config, repo_root: Path, max_images: int = 16, d
 
 
 def evaluate_checkpoint(cfg: Config, repo_root: Path, checkpoint: Path | None = None, log=print) -> dict:
-    """The evaluate stage: ``train.output_dir/checkpoint.pt`` -> metrics/eval.json,
-    reports/eval_details.json (per-metric metadata: image counts, skipped targets, classifier
-    scores), plots/eval_*.csv, plots/eval_grids/*.png, all also logged to the model's MLflow run."""
+    """The evaluate stage: ``train.output_dir/checkpoint.pt`` -> metrics/headline.json (the few
+    numbers DVC compares), reports/eval.json (every number), reports/eval_details.json (per-metric
+    metadata: image counts, skipped targets, classifier scores), reports/eval_*.csv (per-target
+    tables), plots/eval/*.csv (bar charts), plots/eval_grids/*.png, all also logged to the model's
+    MLflow run. Returns the full report."""
     repo_root = Path(repo_root)
     path = checkpoint or repo_root / cfg.train.output_dir / "checkpoint.pt"
     state = load_state(path)
@@ -104,10 +108,10 @@ def evaluate_checkpoint(cfg: Config, repo_root: Path, checkpoint: Path | None = 
     report = evaluate_model(model, cfg, repo_root, device=device, verbose=True)
     results, ctx = report.pop("_results"), report.pop("_ctx")
     report["info"]["checkpoint_sha256"] = sha256_file(path)     # which model these numbers belong to
-    files = [write_json(repo_root / "metrics" / "eval.json", report),
+    files = [write_json(repo_root / EVAL_REPORT, report), write_json(repo_root / HEADLINE, headline(report)),
              write_json(repo_root / "reports" / "eval_details.json",
                         {name: r.to_dict() for name, r in results.items()})]
-    files += write_plots(results, repo_root / "plots")
+    files += write_tables(results, repo_root / "reports", repo_root / "plots")
     grid_dir = repo_root / "plots" / "eval_grids"
     for old in grid_dir.glob("*.png") if grid_dir.exists() else []:
         old.unlink()

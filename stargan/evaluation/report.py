@@ -1,5 +1,7 @@
-"""Turning metric results into files: ``metrics/eval.json`` (DVC metrics), ``plots/eval_*.csv``
-(DVC plots), sample grids, and the same in the evaluated model's MLflow run."""
+"""Turning metric results into files: ``metrics/headline.json`` (the few numbers DVC shows and
+compares), ``reports/eval.json`` (every number), ``reports/eval_*.csv`` (the per-target tables),
+``plots/eval/*.csv`` (one bar chart per metric for ``dvc plots show``), sample grids, and the same in
+the evaluated model's MLflow run."""
 from __future__ import annotations
 
 import csv
@@ -9,15 +11,14 @@ from pathlib import Path
 
 import torch
 
-from stargan.evaluation.metrics import MetricResult
-from stargan.evaluation.tasks import EvalContext, ground_truth, v1_targets, v2_dataset, v2_domain_batches, _z
 from stargan.evaluation.errors import MetricUnavailable
+from stargan.evaluation.metrics import MetricResult
+from stargan.evaluation.tasks import EvalContext, _z, ground_truth, v1_targets, v2_dataset, v2_domain_batches
 from stargan.tracking import Tracker
-from stargan.visualize import grid, save_png
+from stargan.visualize import labelled_grid, save_png
 
-#: plot file -> (columns in order); every file is written on every run (header only when the
-#: metric is unavailable) so DVC always finds the declared plots.
-PLOTS = {
+#: per-target tables (reports/<table>.csv): their columns in order.
+TABLES = {
     "eval_accuracy": ["name", "source", "target", "accuracy", "others_kept", "images"],
     "eval_counterfactual": ["name", "source", "target", "l1", "identity_l1", "l1_gain", "psnr", "identity_psnr",
                             "ssim", "identity_ssim", "images", "kept_l1", "kept_images"],
@@ -25,6 +26,11 @@ PLOTS = {
     "eval_fid_classifier_features": ["task", "fid"],
     "eval_lpips": ["task", "lpips"],
 }
+#: bar charts (plots/eval/<file>.csv, columns target,value): table -> (file, the table's value column).
+BARS = {"eval_accuracy": ("target_accuracy", "accuracy"),
+        "eval_counterfactual": ("counterfactual_l1_gain_over_input", "l1_gain"),
+        "eval_fid": ("fid", "fid"), "eval_fid_classifier_features": ("fid_classifier_features", "fid"),
+        "eval_lpips": ("lpips_diversity", "lpips")}
 
 
 def _num(v):
@@ -34,7 +40,7 @@ def _num(v):
 
 
 def build_report(results: dict[str, MetricResult], ctx: EvalContext) -> dict:
-    """The ``metrics/eval.json`` content: numbers per metric, and why any metric is missing."""
+    """The ``reports/eval.json`` content: numbers per metric, and why any metric is missing."""
     out: dict = {"model": ctx.kind, "step": ctx.model.step, "unavailable": {}, "not_applicable": {},
                  "info": {"fid_real_split": ctx.cfg.evaluate.fid_real_split, "max_images": ctx.max_images,
                           "image_size": ctx.image_size, "seconds": {}}}
@@ -52,25 +58,59 @@ def build_report(results: dict[str, MetricResult], ctx: EvalContext) -> dict:
     return out
 
 
-def write_plots(results: dict[str, MetricResult], plots_dir: Path) -> list[Path]:
-    rows: dict[str, list[dict]] = {k: [] for k in PLOTS}
+def headline(report: dict) -> dict[str, float]:
+    """The few numbers a user compares across runs (``dvc metrics show``, ``dvc exp show``): every
+    one is in ``reports/eval.json`` under its full name too. Absent when the metric did not run."""
+    def get(metric: str, key: str) -> float | None:
+        v = report.get(metric, {}).get(key) if isinstance(report.get(metric), dict) else None
+        return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    acc = report.get("target_accuracy", {})
+    judge = [v for k, v in acc.items() if k.startswith("real/") and k.count("/") == 1 and isinstance(v, (int, float))]
+    values = {"accuracy": get("target_accuracy", "mean"),               # translations classified as their target
+              "judge": sum(judge) / len(judge) if judge else None,      # the classifier on real test images
+              "beats_input": get("counterfactual", "fraction_beating_identity"),
+              "l1_gain": get("counterfactual", "l1_gain"),
+              "kept_l1": get("counterfactual", "kept_l1"),
+              "cycle_l1": get("cycle", "l1"),
+              "fid": get("fid", "mean"),
+              "fid_cls": get("fid_classifier_features", "mean")}
+    return {k: round(v, 4) for k, v in values.items() if v is not None}
+
+
+def write_tables(results: dict[str, MetricResult], reports_dir: Path, plots_dir: Path) -> list[Path]:
+    """The per-target tables (reports/eval_*.csv, every column) and one bar chart per metric that
+    ran (plots/eval/<metric>.csv: target, value). A metric that did not run has no chart: DVC shows
+    no empty plot, and ``reports/eval.json`` says why it is missing."""
+    rows: dict[str, list[dict]] = {k: [] for k in TABLES}
     for r in results.values():
         for table, trs in r.tables.items():
             rows.setdefault(table, []).extend(trs)
+    bars_dir = plots_dir / "eval"
+    for old in bars_dir.glob("*.csv") if bars_dir.exists() else []:
+        old.unlink()
     paths = []
-    plots_dir.mkdir(parents=True, exist_ok=True)
     for table, trs in rows.items():
-        cols = PLOTS.get(table) or sorted({k for t in trs for k in t})
-        path = plots_dir / f"{table}.csv"
-        with path.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
-            w.writeheader()
-            for t in trs:
-                t = dict(t)
-                t.setdefault("name", f"{t.get('source', '')}/{t.get('target', '')}")
-                w.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in t.items()})
-        paths.append(path)
+        for t in trs:
+            t.setdefault("name", f"{t.get('source', '')}/{t.get('target', '')}")
+        paths.append(_write_csv(reports_dir / f"{table}.csv", TABLES.get(table) or sorted({k for t in trs for k in t}),
+                                trs))
+        if table in BARS and trs:
+            file, column = BARS[table]
+            bars = [{"target": t.get("name", t.get("task")), "value": t[column]} for t in trs
+                    if isinstance(t.get(column), (int, float))]
+            paths.append(_write_csv(bars_dir / f"{file}.csv", ["target", "value"], bars))
     return paths
+
+
+def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        w.writeheader()
+        for t in rows:
+            w.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in t.items()})
+    return path
 
 
 # ----------------------------------------------------------------------------------- grids
@@ -94,7 +134,8 @@ def sample_grids(ctx: EvalContext, out_dir: Path) -> list[Path]:
             x, targets = b["image"], v1_targets(layout, layout.index(ds), b["label"])
             fakes = [ctx.model.translate(x, t.model_label) for t in targets]
             paths.append(save_png(out_dir / f"samples_{ds}.png",
-                                  grid([torch.stack([x[i]] + [f[i] for f in fakes]) for i in range(x.size(0))])))
+                                  labelled_grid([torch.stack([x[i]] + [f[i] for f in fakes]) for i in range(x.size(0))],
+                                                ["input"] + [t.name for t in targets])))
             try:
                 gt = ground_truth(ctx, ds)
                 own = [(t, f) for t, f in zip(targets, fakes) if t.own]
@@ -104,18 +145,21 @@ def sample_grids(ctx: EvalContext, out_dir: Path) -> list[Path]:
                 continue
             rows = [torch.stack([x[i]] + [im for (_, f), g in zip(own, truths) for im in (f[i], g[i])])
                     for i in range(x.size(0))]
-            paths.append(save_png(out_dir / f"counterfactual_{ds}.png", grid(rows)))
+            columns = ["input"] + [f"{t.name} {kind}" for t, _ in own for kind in ("ours", "truth")]
+            paths.append(save_png(out_dir / f"counterfactual_{ds}.png", labelled_grid(rows, columns)))
         return paths
     model, k = ctx.model, min(3, ctx.cfg.evaluate.num_outs_per_domain)
     b = _first_images(ctx, v2_dataset(ctx), n)
     if b is None:
         return paths
     x = b["image"]
-    cols = [x]
+    cols, names = [x], ["input"]
     for d in range(model.domains.num_domains):
         y = torch.full((x.size(0),), d, dtype=torch.int64, device=ctx.device)
         cols += [model.translate_latent(x, y, _z(ctx, 1, 9999, d, j).expand(x.size(0), -1)) for j in range(k)]
-    paths.append(save_png(out_dir / "latent.png", grid([torch.stack([c[i] for c in cols]) for i in range(x.size(0))])))
+        names += [f"{model.domains.names[d]} z{j}" for j in range(k)]
+    paths.append(save_png(out_dir / "latent.png",
+                          labelled_grid([torch.stack([c[i] for c in cols]) for i in range(x.size(0))], names)))
     refs, ys = [], []
     for d in range(model.domains.num_domains):
         rb = next(iter(v2_domain_batches(ctx, d, limit=1)), None)
@@ -129,7 +173,8 @@ def sample_grids(ctx: EvalContext, out_dir: Path) -> list[Path]:
         for i in range(x.size(0)):
             rows.append(torch.cat([x[i:i + 1], model.translate_reference(x[i:i + 1].expand(len(refs), -1, -1, -1),
                                                                          ref, y)]))
-        paths.append(save_png(out_dir / "reference.png", grid(rows)))
+        paths.append(save_png(out_dir / "reference.png",
+                              labelled_grid(rows, ["input"] + [f"ref {model.domains.names[d]}" for d in ys])))
     return paths
 
 

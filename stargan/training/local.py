@@ -27,14 +27,6 @@ class LocalHooks:
             save_state(state, self.out_dir)
 
 
-class _ConsoleLogger(RunLogger):
-    """The offline :class:`RunLogger` (history.jsonl, grids beside it) that also prints each line."""
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        super().log_metrics(metrics, step)
-        print(f"step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())), flush=True)
-
-
 def fit_local(cfg: Config, repo_root: Path, device: str | None = None) -> LoopResult:
     """Train ``cfg`` (loss weights set to ``tuned`` from ``<repo_root>/tuned.yaml``) in this process."""
     tuned = tuned_keys(cfg)
@@ -44,7 +36,7 @@ def fit_local(cfg: Config, repo_root: Path, device: str | None = None) -> LoopRe
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     ctx = WorkerContext(rank=0, world_size=1, device=dev, shard_root=(repo_root / cfg.data.root / "shards").resolve(),
                         log_path=out_dir / "history.jsonl")
-    result = run_worker(cfg, ctx, LocalHooks(out_dir), _ConsoleLogger("", "", local_log=out_dir / "history.jsonl"))
+    result = run_worker(cfg, ctx, LocalHooks(out_dir), RunLogger("", "", local_log=out_dir / "history.jsonl"))
     if result.status != "finished":
         raise TrainingError(result.message)
     return result

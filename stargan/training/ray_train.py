@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sys
@@ -89,10 +90,20 @@ class _RayHooks:
             ray.train.report(metrics)
 
 
+def _quiet_ray_train_reports() -> None:
+    """Ray Train logs every report at INFO with its whole metrics dict and checkpoint path (a
+    ~1,500-character line per checkpoint, twice); the worker's progress line says what matters."""
+    for name in list(logging.root.manager.loggerDict):
+        if "train/v2/_internal/execution" in name or name.startswith("ray.train.v2._internal.execution"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def _worker_entry(config: dict) -> None:
     """``train_loop_per_worker``: runs inside each Ray Train worker process."""
     import ray.train
     import ray.train.torch
+
+    _quiet_ray_train_reports()
 
     from stargan.training.worker import WorkerContext, run_worker
 

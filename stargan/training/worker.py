@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from stargan.config import TUNED, Config, ConfigError, tuned_keys
+from stargan.progress import Progress
 from stargan.training.checkpoint import TrainState, check_compatible
 from stargan.training.distributed import all_reduce_mean
 from stargan.training.errors import NonFiniteLossError
@@ -41,6 +42,7 @@ class WorkerContext:
     shard_root: Path                 # data/shards (absolute)
     log_path: Path | None = None     # rank 0's JSON-lines loss history
     extra: dict[str, Any] = field(default_factory=dict)   # stored in every checkpoint (e.g. mlflow run id)
+    progress: bool = True            # rank 0 prints a progress line every few seconds (off in sweep trials)
 
 
 class Hooks(Protocol):
@@ -97,6 +99,7 @@ def run_worker(cfg: Config, ctx: WorkerContext, hooks: Hooks, logger=None) -> Lo
     window: dict[str, list[float]] = defaultdict(list)
     last: dict[str, float] = {}
     tick, tick_step = time.perf_counter(), start
+    progress = Progress("[train] step", t.num_iters, "steps", every_s=5.0, enabled=ctx.rank == 0 and ctx.progress)
     for step in range(start, t.num_iters):
         try:
             scalars = trainer.train_step(step)
@@ -121,6 +124,7 @@ def run_worker(cfg: Config, ctx: WorkerContext, hooks: Hooks, logger=None) -> Lo
             last = avg
             if ctx.rank == 0 and logger is not None:
                 logger.log_metrics(avg, done)
+        progress.update(done, ", ".join(f"{k} {last[k]:.3f}" for k in ("D/loss", "G/loss") if k in last))
         if ctx.rank == 0 and logger is not None and (done % t.sample_every == 0 or done == t.num_iters):
             logger.log_image(trainer.sample_grid(), f"samples/{done:06d}.png")
         if done % t.checkpoint_every == 0 or done == t.num_iters:
