@@ -70,7 +70,7 @@ def save_png(path: str | Path, rgb: np.ndarray) -> Path:
 
     from stargan.files import write_bytes
 
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, 9])
     if not ok:
         raise ValueError(f"could not encode {path} as PNG")
     return write_bytes(path, buf.tobytes())

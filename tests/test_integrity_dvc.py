@@ -52,11 +52,40 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def _check_plots_and_metrics(root: Path) -> None:
+    """`dvc plots show`: every plot once, each with data on both axes; `dvc metrics show`: one
+    row of headline numbers that fits a terminal (it was ~15,500 characters a line)."""
+    shown = json.loads(dvc(root, "plots", "show", "--json").stdout)
+    assert not shown.get("errors"), shown["errors"]
+    plots = shown["data"]
+    assert sorted(plots) == sorted({*plots}), "no plot twice"
+    assert "plots/train_loss.csv" in plots
+    bars = {k for k in plots if k.startswith("plots/eval/")}
+    assert bars == {"plots/eval/target_accuracy.csv", "plots/eval/counterfactual_l1_gain_over_input.csv",
+                    "plots/eval/fid_classifier_features.csv"}, "one chart per metric that ran, no empty FID chart"
+    images = {k for k in plots if k.startswith("plots/eval_grids/")}
+    assert len(images) == 4 and all(plots[k][0]["type"] == "image" for k in images)
+    fid = (root / "plots" / "eval" / "fid_classifier_features.csv").read_text().splitlines()
+    assert fid[0] == "target,value" and all(row.split(",")[0] not in ("", "/") for row in fid[1:]), fid
+    for name in ["plots/train_loss.csv", *bars]:
+        (spec,) = plots[name]
+        enc, rows = spec["content"]["encoding"], spec["content"]["data"]["values"]
+        x, y = enc["x"]["field"], enc.get("y", {}).get("field", "dvc_inferred_y_value")   # several y: one field
+        assert rows and all(r.get(x) not in (None, "") and r.get(y) not in (None, "") for r in rows), name
+        quantitative = x if enc["x"]["type"] == "quantitative" else y
+        assert all(float(r[quantitative]) == float(r[quantitative]) for r in rows), f"{name}: numbers on the value axis"
+        assert len({r[x] for r in rows}) > 1 or len(rows) == 1, f"{name}: not every point at one x"
+    table = dvc(root, "metrics", "show").stdout
+    assert max(len(line) for line in table.splitlines()) <= 120, table
+    assert "metrics/headline.json" in table and "accuracy" in table and "beats_input" in table
+
+
 def test_exp_run_values_train_and_temp_experiments_keep_their_mlflow_runs(tmp_path):
     root = make_repo(tmp_path / "repo", SWEEP)
     git(root, "add", "-A")
     git(root, "commit", "-qm", "tiny project")
-    dvc(root, "repro", "train")
+    dvc(root, "repro", "evaluate")
+    _check_plots_and_metrics(root)
     swept = yaml.safe_load((root / "tuned.yaml").read_text())["train"]["v1"]
     assert set(swept) == {"lambda_cls", "lambda_rec"}
     git(root, "add", "-A")

@@ -92,7 +92,8 @@ def write_tables(results: dict[str, MetricResult], reports_dir: Path, plots_dir:
     paths = []
     for table, trs in rows.items():
         for t in trs:
-            t.setdefault("name", f"{t.get('source', '')}/{t.get('target', '')}")
+            if "source" in t:
+                t.setdefault("name", f"{t['source']}/{t.get('target', '')}")
         paths.append(_write_csv(reports_dir / f"{table}.csv", TABLES.get(table) or sorted({k for t in trs for k in t}),
                                 trs))
         if table in BARS and trs:
