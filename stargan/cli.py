@@ -1,18 +1,21 @@
-"""`stargan` command: the user-facing entry points. Parsing only; the work is in the library."""
+"""`stargan` command: the user-facing entry points. Parsing only; the work is in the library.
+
+Each subcommand imports what it needs inside its function, so a light one (``check-params``,
+``--help``) starts without importing torch, Ray or MLflow (seconds each)."""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
+from stargan.config import load_config
 from stargan.errors import one_line
 from stargan.stage import EXPECTED_ERRORS, QUIET_ENV
 
 
 def _load(args: argparse.Namespace):
-    from stargan.config import load_config
-
     return load_config(args.params, args.set)
 
 
@@ -82,21 +85,38 @@ def cmd_check_params(args: argparse.Namespace) -> int:
     return 0
 
 
+def _registry_uri(args: argparse.Namespace) -> str:
+    """Where ``models:/...`` is looked up: $MLFLOW_TRACKING_URI, else the store of the project whose
+    params.yaml is --params (default: the first params.yaml in this folder or above it). A SQLite
+    store that is not there is an error, not a new empty database."""
+    from stargan.tracking import Tracker
+    from stargan.translate import TranslateError
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    params = Path(args.params)
+    if not params.is_absolute() and not params.exists():
+        params = next((d / args.params for d in Path.cwd().parents if (d / args.params).is_file()), params)
+    if not params.exists():
+        raise TranslateError(f"{args.model}: no project here to find the model registry in (no {args.params} in "
+                             f"{Path.cwd()} or above); pass --params <project>/params.yaml or set MLFLOW_TRACKING_URI")
+    uri = Tracker.for_config(load_config(params, args.set), params.resolve().parent).uri
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        raise TranslateError(f"{args.model}: the project's MLflow store {uri.removeprefix('sqlite:///')} does not "
+                             "exist yet (run `dvc repro` or `stargan export` first)")
+    return uri
+
+
 def cmd_translate(args: argparse.Namespace) -> int:
     from stargan.translate import TranslateError, list_inputs, load_any, translate_files
 
     try:
-        tracking_uri = None
-        if str(args.model).startswith(("models:/", "runs:/")):
-            from stargan.tracking import Tracker, resolve_tracking_uri
-
-            root = Path(args.params).resolve().parent
-            tracking_uri = (Tracker.for_config(_load(args), root).uri if Path(args.params).exists()
-                            else resolve_tracking_uri(None, root))
+        tracking_uri = _registry_uri(args) if str(args.model).startswith(("models:/", "runs:/")) else None
         model = load_any(args.model, tracking_uri)
         inputs = list_inputs(args.input)
         done, skipped = translate_files(model, inputs, args.target, args.out, align=not args.no_align,
-                                        seed=args.seed, reference=args.reference)
+                                        seed=args.seed, reference=args.reference, paste=not args.no_paste)
         if len(inputs) == 1 and skipped:
             raise TranslateError(skipped[0].reason)
     except TranslateError as e:
@@ -170,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="v1: label names, comma-combined (Blond_Hair,Male); v2: domain name(s). Repeat for more outputs")
     tr.add_argument("--out", default="translated", help="output folder (default: translated/)")
     tr.add_argument("--no-align", action="store_true", help="inputs are aligned face crops: skip face detection")
+    tr.add_argument("--no-paste", action="store_true",
+                    help="write the translated face crop only, not the photo with the face pasted back")
     style = tr.add_mutually_exclusive_group()
     style.add_argument("--seed", type=int, default=None, help="v2: latent-guided style from this seed (default 0)")
     style.add_argument("--reference", default=None, help="v2: reference-guided style from this image")
@@ -208,8 +230,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import os
-
     for k, v in QUIET_ENV.items():
         os.environ.setdefault(k, v)
     args = build_parser().parse_args(argv)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -187,6 +188,12 @@ def v1_targets_from_names(model: V1Model, names: Sequence[str], dataset: str | N
 
 
 # ------------------------------------------------------------------ translating by name
+
+def to_tensor(rgb: np.ndarray) -> Tensor:
+    """uint8 (H, W, 3) -> float32 [1, 3, H, W] in [-1, 1] (the training normalisation)."""
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float().div(127.5).sub(1.0)
+
+
 
 def v1_label(model: V1Model, target: str) -> Tensor:
     names = [n.strip() for n in target.split(",") if n.strip()]

@@ -6,17 +6,19 @@ explicit). Its weights are a slim copy of the training checkpoint (inference net
 v2), loaded with :func:`stargan.inference.model_from_state`, so every consumer — the pyfunc,
 ``mlflow models serve``, ``stargan translate models:/...`` — runs the same code.
 
-Input (a dict of arrays; over REST ``{"inputs": {...}}``), S = ``train.image_size``:
+Input: rows (a DataFrame; over REST ``{"dataframe_records": [{...}, ...]}``) of
 
-* ``image``  float32 [N, 3, S, S], RGB in [-1, 1], aligned face crops (``stargan translate``
-  aligns photos; the pyfunc does not detect faces);
-* ``target`` string [N]: v1 a label name or a comma-separated combination per row
-  (``"Blond_Hair,Male"``); v2 one domain name per row;
-* v2 only: ``seed`` int64 [N] and ``reference`` float32 [N, 3, S, S]: row i is latent-guided
-  with z drawn from ``seed[i]`` when ``seed[i] >= 0``, else reference-guided by ``reference[i]``
-  (MLflow tensor signatures cannot make an input optional, so both are always sent).
+* ``image``  string: a PNG or JPEG file, base64-encoded: an aligned face crop of any size (it is
+  centre-cropped to a square and resized to ``train.image_size``, as ``stargan translate
+  --no-align`` does; the pyfunc does not detect faces);
+* ``target`` string: v1 a label name or a comma-separated combination (``"Blond_Hair,Male"``);
+  v2 one domain name;
+* v2 only, optional: ``seed`` (int, default 0: latent-guided with z drawn from it) or
+  ``reference`` (base64 PNG/JPEG: reference-guided; used when ``seed`` is absent or negative).
 
-Output: float32 [N, 3, S, S] in [-1, 1] (the translated images; ``(y + 1) * 127.5`` to uint8).
+Output: rows of ``image``: the translation as a base64 PNG (``train.image_size`` square).
+A row that cannot be translated (an unknown target, a file that is not an image) fails the request
+with the reason in the response's ``message``.
 
 Champion rule: the new version gets ``export.alias`` only if its evaluation objective
 (``export.objective`` in ``reports/eval.json``, better by ``export.objective_mode``) beats the
@@ -26,6 +28,8 @@ printed and stored as the version tag ``stargan.champion_decision``.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import json
 import math
@@ -38,16 +42,20 @@ from typing import Any
 
 import mlflow.pyfunc
 import numpy as np
+import pandas as pd
 import torch
 
 from stargan.config import EVAL_REPORT, Config
+from stargan.data.align import align_face
+from stargan.data.imageio import decode_image, encode_png
 from stargan.errors import StarganError
 from stargan.export import export_model
 from stargan.files import sha256_file
-from stargan.inference import (load_model, model_from_state, translate_latent, translate_reference,
+from stargan.inference import (load_model, model_from_state, to_tensor, translate_latent, translate_reference,
                                translate_v1)
 from stargan.tracking import RUN_ID_KEY, Tracker, provenance_tags
 from stargan.training.checkpoint import TrainState, check_compatible, load_state, save_state
+from stargan.visualize import to_uint8
 
 TAG_OBJECTIVE = "stargan.objective"
 TAG_OBJECTIVE_KEY = "stargan.objective_key"
@@ -62,86 +70,97 @@ class RegistryError(StarganError, RuntimeError):
 # ---------------------------------------------------------------------------------- pyfunc
 
 class StarGANPyfunc(mlflow.pyfunc.PythonModel):
-    """The MLflow python_function wrapper around :mod:`stargan.inference` / :mod:`stargan.translate`."""
+    """The MLflow python_function wrapper around :mod:`stargan.inference`: images in, images out."""
     def load_context(self, context) -> None:
         self.model = load_model(context.artifacts["checkpoint"])
 
     def predict(self, context, model_input, params=None):  # no type hints: the signature validates
+        from mlflow.exceptions import MlflowException
+
         # Scoped, not torch.set_grad_enabled(False): the pyfunc is loaded inside other programs
         # (tests, notebooks, training drivers) whose autograd must stay on.
-        with torch.no_grad():
-            return predict_arrays(self.model, model_input)
+        try:
+            with torch.no_grad():
+                return predict_images(self.model, model_input)
+        except (ValueError, StarganError) as e:   # bad input: its reason in the response, not a stack trace
+            raise MlflowException.invalid_parameter_value(str(e)) from None
 
 
-def _column(model_input: Any, name: str) -> np.ndarray:
+def _column(model_input: Any, name: str, required: bool = True) -> list:
     try:
         value = model_input[name]
     except (KeyError, IndexError):
-        raise ValueError(f"input {name!r} is missing") from None
-    if hasattr(value, "to_numpy"):      # a pandas column
-        value = value.to_numpy()
-    return np.asarray(value)
+        if required:
+            raise ValueError(f"input {name!r} is missing") from None
+        return []
+    values = value.tolist() if hasattr(value, "tolist") else list(np.atleast_1d(value))
+    return [None if v is None or (isinstance(v, float) and math.isnan(v)) else v for v in values]
 
 
-def _images(arr: np.ndarray, size: int, name: str) -> torch.Tensor:
-    arr = np.asarray(arr, dtype=np.float32)
-    if arr.ndim != 4 or arr.shape[1:] != (3, size, size):
-        raise ValueError(f"{name}: expected float32 [N, 3, {size}, {size}] in [-1, 1], got shape {arr.shape}")
-    return torch.from_numpy(np.ascontiguousarray(arr))
+def decode_b64_image(value: Any, size: int, what: str) -> torch.Tensor:
+    """A base64 PNG/JPEG of an aligned face crop -> model input [1, 3, size, size]."""
+    try:
+        data = base64.b64decode(str(value), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{what}: not base64 text (send the PNG or JPEG file's bytes base64-encoded)") from None
+    return to_tensor(align_face(decode_image(data, name=what), size, crop=0).image)
 
 
-def predict_arrays(model, model_input: Any) -> np.ndarray:
+def encode_b64_png(image: torch.Tensor) -> str:
+    """A model output [3, S, S] in [-1, 1] -> base64 PNG."""
+    return base64.b64encode(encode_png(to_uint8(image[None])[0])).decode()
+
+
+def predict_images(model, model_input: Any) -> pd.DataFrame:
     """The pyfunc's contract (module docstring) on a loaded :class:`~stargan.inference.Model`."""
-    x = _images(_column(model_input, "image"), model.image_size, "image")
-    targets = [str(t) for t in _column(model_input, "target").reshape(-1)]
+    s = model.image_size
+    x = torch.cat([decode_b64_image(v, s, f"image (row {i})") for i, v in enumerate(_column(model_input, "image"))])
+    targets = [str(t) for t in _column(model_input, "target")]
     if len(targets) != x.shape[0]:
         raise ValueError(f"target: {len(targets)} names for {x.shape[0]} images")
     if model.kind == "v1":
-        return translate_v1(model, x, targets).numpy()
-    seeds = _column(model_input, "seed").astype(np.int64).reshape(-1)
-    if len(seeds) != x.shape[0]:
-        raise ValueError(f"seed: {len(seeds)} values for {x.shape[0]} images")
-    out = torch.empty_like(x)
-    lat = np.flatnonzero(seeds >= 0)
-    ref = np.flatnonzero(seeds < 0)
-    if len(lat):
-        out[lat] = translate_latent(model, x[lat], [targets[i] for i in lat], seeds[lat].tolist())
-    if len(ref):
-        refs = _images(_column(model_input, "reference"), model.image_size, "reference")
-        out[ref] = translate_reference(model, x[ref], refs[ref], [targets[i] for i in ref])
-    return out.numpy()
-
-
-def example_input(model, n: int = 1) -> dict[str, np.ndarray]:
-    s = model.image_size
-    g = np.random.default_rng(0)
-    ex: dict[str, np.ndarray] = {"image": (g.random((n, 3, s, s), dtype=np.float32) * 2 - 1).round(3)}
-    if model.kind == "v1":
-        first = model.layout.datasets[0].label_names[0]
-        ex["target"] = np.array([first] * n)
+        out = translate_v1(model, x, targets)
     else:
-        ex["target"] = np.array([model.target_names()[-1]] * n)
-        ex["seed"] = np.arange(n, dtype=np.int64)
-        ex["reference"] = ex["image"].copy()
-    return ex
+        seeds, refs = _column(model_input, "seed", False), _column(model_input, "reference", False)
+        seeds = [int(v) if v is not None else (-1 if i < len(refs) and refs[i] is not None else 0)
+                 for i, v in enumerate(seeds or [None] * len(targets))]
+        out = torch.empty_like(x)
+        for i, (seed, target) in enumerate(zip(seeds, targets)):
+            if seed >= 0:
+                out[i] = translate_latent(model, x[i:i + 1], [target], [seed])[0]
+            elif i < len(refs) and refs[i] is not None:
+                ref = decode_b64_image(refs[i], s, f"reference (row {i})")
+                out[i] = translate_reference(model, x[i:i + 1], ref, [target])[0]
+            else:
+                raise ValueError(f"row {i}: seed {seed} asks for a reference image, and none was given")
+    return pd.DataFrame({"image": [encode_b64_png(o) for o in out]})
+
+
+def example_input(model, n: int = 1) -> pd.DataFrame:
+    """``n`` rows of the contract (a generated face crop, the model's first/last target)."""
+    g = np.random.default_rng(0)
+    face = base64.b64encode(encode_png(g.integers(0, 256, (model.image_size, model.image_size, 3), np.uint8))).decode()
+    rows = {"image": [face] * n,
+            "target": [model.layout.datasets[0].label_names[0] if model.kind == "v1" else model.target_names()[-1]] * n}
+    if model.kind == "v2":
+        rows["seed"] = list(range(n))
+    return pd.DataFrame(rows)
 
 
 def signature_for(model):
     from mlflow.models import ModelSignature
-    from mlflow.types.schema import Schema, TensorSpec
+    from mlflow.types.schema import ColSpec, Schema
 
-    s = model.image_size
-    img = (-1, 3, s, s)
-    inputs = [TensorSpec(np.dtype(np.float32), img, "image"), TensorSpec(np.dtype(str), (-1,), "target")]
+    inputs = [ColSpec("string", "image"), ColSpec("string", "target")]
     if model.kind == "v2":
-        inputs += [TensorSpec(np.dtype(np.int64), (-1,), "seed"), TensorSpec(np.dtype(np.float32), img, "reference")]
-    return ModelSignature(inputs=Schema(inputs), outputs=Schema([TensorSpec(np.dtype(np.float32), img)]))
+        inputs += [ColSpec("long", "seed", required=False), ColSpec("string", "reference", required=False)]
+    return ModelSignature(inputs=Schema(inputs), outputs=Schema([ColSpec("string", "image")]))
 
 
 def pip_requirements() -> list[str]:
     """Pinned to what is installed (no inference subprocess; torch's local ``+cpu`` label dropped)."""
     out = []
-    for dist in ("torch", "numpy", "pyyaml", "mlflow"):
+    for dist in ("torch", "numpy", "pyyaml", "mlflow", "opencv-python-headless", "pillow"):
         try:
             out.append(f"{dist}=={metadata.version(dist).split('+')[0]}")
         except metadata.PackageNotFoundError:

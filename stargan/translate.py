@@ -23,16 +23,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import cv2
 import numpy as np
 import torch
 from torch import Tensor
 
-from stargan.data.align import AlignRejected, align_face
+from stargan.data.align import AlignedFace, AlignRejected, align_face
 from stargan.data.imageio import ImageDecodeError, decode_image
 from stargan.export import MODEL_JSON, load_exported
-from stargan.inference import (Model, TranslateError, domain_index, load_model, need_kind, translate_latent,
-                               translate_reference, translate_v1, v1_label)
-from stargan.visualize import grid, save_png
+from stargan.inference import (Model, TranslateError, domain_index, load_model, need_kind, to_tensor,
+                               translate_latent, translate_reference, translate_v1, v1_label)
+from stargan.visualize import grid, save_png, to_uint8
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
@@ -62,11 +63,6 @@ def load_any(spec: str | Path, tracking_uri: str | None = None) -> Model:
 
 # --------------------------------------------------------------------------------- images
 
-def to_tensor(rgb: np.ndarray) -> Tensor:
-    """uint8 (H, W, 3) -> float32 [1, 3, H, W] in [-1, 1] (the training normalisation)."""
-    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float().div(127.5).sub(1.0)
-
-
 def list_inputs(path: str | Path) -> list[Path]:
     """One image file, or every image file (by suffix) directly inside a folder, sorted."""
     path = Path(path)
@@ -80,8 +76,15 @@ def list_inputs(path: str | Path) -> list[Path]:
     return [path]
 
 
-def prepare(path: str | Path, model: Model, *, align: bool = True) -> tuple[np.ndarray, Tensor]:
-    """Decode and align one image file -> (aligned uint8 RGB, model input [1,3,S,S])."""
+@dataclass
+class Prepared:
+    photo: np.ndarray      # the decoded file, uint8 RGB (EXIF-rotated)
+    face: AlignedFace      # the aligned crop and the photo -> crop transform
+    x: Tensor              # the model input [1, 3, S, S]
+
+
+def prepare(path: str | Path, model: Model, *, align: bool = True) -> Prepared:
+    """Decode and align one image file (``align=False``: it is already an aligned crop)."""
     try:
         rgb = decode_image(path)
     except ImageDecodeError as e:
@@ -95,7 +98,23 @@ def prepare(path: str | Path, model: Model, *, align: bool = True) -> tuple[np.n
     except AlignRejected as e:
         hint = " (pass --no-align if the image is already an aligned face crop)" if align else ""
         raise TranslateError(f"{path}: {e.reason}{hint}") from None
-    return face.image, to_tensor(face.image)
+    return Prepared(rgb, face, to_tensor(face.image))
+
+
+def paste_back(photo: np.ndarray, crop: np.ndarray, matrix: np.ndarray, feather: float = 0.15) -> np.ndarray:
+    """The translated ``crop`` put back into ``photo``: warped by the inverse of the alignment
+    ``matrix`` (photo -> crop pixels) and blended through a mask that is 1 inside the crop and
+    fades to 0 over its outer ``feather`` fraction, so no seam shows and every pixel outside the
+    crop's footprint is the photo's own."""
+    h, w = photo.shape[:2]
+    size = crop.shape[0]
+    inv = cv2.invertAffineTransform(np.asarray(matrix, np.float64))
+    back = cv2.warpAffine(crop, inv, (w, h), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+    edge = np.minimum(np.arange(size), np.arange(size)[::-1])        # 0 on the crop's border pixels
+    ramp = np.clip(edge / max(feather * size, 1.0), 0.0, 1.0).astype(np.float32)
+    mask = cv2.warpAffine(np.minimum.outer(ramp, ramp), inv, (w, h), flags=cv2.INTER_LINEAR, borderValue=0)
+    out = photo.astype(np.float32) * (1 - mask[..., None]) + back.astype(np.float32) * mask[..., None]
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 # -------------------------------------------------------------------------------- targets
@@ -133,10 +152,12 @@ def _slug(text: str) -> str:
 
 
 def translate_files(model: Model, inputs: Sequence[Path], targets: Sequence[str], out_dir: str | Path, *,
-                    align: bool = True, seed: int | None = None, reference: str | Path | None = None
-                    ) -> tuple[list[Translated], list[Skipped]]:
-    """Translate every input image to every target; writes ``<stem>_<target>.png`` and
-    ``<stem>_grid.png`` (aligned input | outputs) into ``out_dir``. A photo that cannot be used
+                    align: bool = True, seed: int | None = None, reference: str | Path | None = None,
+                    paste: bool = True) -> tuple[list[Translated], list[Skipped]]:
+    """Translate every input image to every target. Writes into ``out_dir``, per photo and target,
+    ``<stem>_<target>.png`` (the photo with the translated face pasted back, :func:`paste_back`;
+    with ``align=False`` or ``paste=False`` the translated crop itself) and ``<stem>_<target>_crop.png``
+    (the crop), and ``<stem>_grid.png`` (aligned input | outputs). A photo that cannot be used
     (no face, unreadable) is skipped with its reason and the others go on: one bad photo in a
     folder of hundreds must not cost the rest. Bad targets or a bad reference fail at once."""
     if model.kind == "v1" and (seed is not None or reference is not None):
@@ -147,16 +168,17 @@ def translate_files(model: Model, inputs: Sequence[Path], targets: Sequence[str]
     # Check the names before any image work, so a typo fails fast and names the choices.
     for t in targets:
         v1_label(model, t) if model.kind == "v1" else domain_index(model, t)
-    ref_x = prepare(reference, model, align=align)[1] if reference is not None else None
+    ref_x = prepare(reference, model, align=align).x if reference is not None else None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     done, skipped = [], []
     for path in inputs:
         try:
-            _, x = prepare(path, model, align=align)
+            prep = prepare(path, model, align=align)
         except TranslateError as e:
             skipped.append(Skipped(Path(path), str(e)))
             continue
+        x = prep.x
         xs = x.expand(len(targets), -1, -1, -1)
         if model.kind == "v1":
             y, method = translate_v1(model, xs, targets), "label"
@@ -168,9 +190,13 @@ def translate_files(model: Model, inputs: Sequence[Path], targets: Sequence[str]
             y, method = translate_latent(model, xs, targets, [s] * len(targets)), f"seed:{s}"
         outs = []
         for t, img in zip(targets, y):
-            p = out_dir / f"{path.stem}_{_slug(t)}.png"
-            save_png(p, grid([img[None].clamp(-1, 1)], pad=0))
-            outs.append(p)
+            crop = to_uint8(img[None])[0]
+            name = out_dir / f"{path.stem}_{_slug(t)}"
+            if align and paste:
+                outs.append(save_png(name.with_name(name.name + ".png"), paste_back(prep.photo, crop, prep.face.matrix)))
+                outs.append(save_png(name.with_name(name.name + "_crop.png"), crop))
+            else:
+                outs.append(save_png(name.with_name(name.name + ".png"), crop))
         row = torch.cat([x, y.clamp(-1, 1)])
         g = save_png(out_dir / f"{path.stem}_grid.png", grid([row]))
         done.append(Translated(path, outs, g, method))

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -119,12 +120,39 @@ def test_translate_a_folder_goes_past_a_photo_without_a_face(tmp_path, capsys):
                        "--out", str(tmp_path / "out"))
     assert rc == 1, err
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert written == ["a_Male.png", "a_grid.png", "c_Male.png", "c_grid.png"]
+    assert written == ["a_Male.png", "a_Male_crop.png", "a_grid.png", "c_Male.png", "c_Male_crop.png", "c_grid.png"]
     lines = err.strip().splitlines()
     assert lines[0] == f"stargan translate: skipped: {photos / 'b_noise.png'}: no face found " \
                        "(pass --no-align if the image is already an aligned face crop)"
     assert lines[-1] == "stargan translate: translated 2 of 3 photos; 1 skipped (listed above)"
     assert "Traceback" not in err
+
+
+def test_translate_pastes_the_face_back_into_the_photo(tmp_path, capsys):
+    """The output is the whole photo with the translated face blended in (the crop beside it);
+    pixels outside the face crop's footprint are the photo's own, and files are 0644."""
+    import cv2
+
+    from stargan.data.imageio import decode_image
+    from stargan.inference import load_model
+    from stargan.translate import prepare
+
+    ckpt = make_checkpoint(tmp_path / "proj", "v1")
+    photo_path = face_png(tmp_path / "photo.png", size=160)
+    rc, out, err = cli(capsys, "translate", "--model", str(ckpt), "--input", str(photo_path), "--target", "Male",
+                       "--out", str(tmp_path / "out"))
+    assert rc == 0, err
+    photo, pasted = decode_image(photo_path), decode_image(tmp_path / "out" / "photo_Male.png")
+    crop = decode_image(tmp_path / "out" / "photo_Male_crop.png")
+    assert pasted.shape == photo.shape and crop.shape == (16, 16, 3)
+    matrix = prepare(photo_path, load_model(ckpt)).face.matrix
+    footprint = cv2.warpAffine(np.ones((16, 16), np.uint8), cv2.invertAffineTransform(matrix), photo.shape[1::-1],
+                               flags=cv2.INTER_NEAREST)
+    near = cv2.dilate(footprint, np.ones((3, 3), np.uint8)) > 0
+    assert near.mean() < 0.5, "the face is a part of the photo"
+    assert np.array_equal(pasted[~near], photo[~near]), "unchanged away from the face"
+    assert np.abs(pasted[footprint > 0].astype(int) - photo[footprint > 0]).mean() > 1, "the face is replaced"
+    assert all((p.stat().st_mode & 0o777) == 0o644 for p in (tmp_path / "out").iterdir())
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """MLflow pyfunc on names, champion alias only for a better model, and (slow) server + serve."""
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -8,17 +9,22 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from stargan.config import load_config
 from stargan.files import sha256_file
-from stargan.inference import latent, load_model, v1_targets_from_names
-from stargan.registry import (TAG_DECISION, TAG_MOVED, TAG_OBJECTIVE, decide, example_input, predict_arrays,
+from stargan.data.align import align_face
+from stargan.data.imageio import decode_image, encode_png
+from stargan.inference import latent, load_model, to_tensor, v1_targets_from_names
+from stargan.visualize import to_uint8
+from stargan.registry import (TAG_DECISION, TAG_MOVED, TAG_OBJECTIVE, decide, example_input, predict_images,
                               read_objective, register_model, signature_for, tracking)
 from test_export import make_checkpoint
 from tiny_project import env
@@ -45,23 +51,45 @@ def test_read_objective_flat_and_nested(tmp_path):
     assert read_objective(tmp_path / "none.json", "fid") is None
 
 
-def test_pyfunc_predict_on_names(tmp_path):
+def _b64(rgb: np.ndarray) -> str:
+    return base64.b64encode(encode_png(rgb)).decode()
+
+
+def _face(seed: int, size: int = 40) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (size, size, 3), np.uint8)
+
+
+def _unb64(text: str) -> torch.Tensor:
+    return to_tensor(decode_image(base64.b64decode(text)))
+
+
+def test_pyfunc_translates_images_by_target_name(tmp_path):
+    """PNG/JPEG in (any size: centre square, resized), PNG out: exactly our translation of the crop."""
     v1 = load_model(make_checkpoint(tmp_path / "v1", "v1"))
-    x = torch.rand(2, 3, 16, 16) * 2 - 1
-    out = predict_arrays(v1, {"image": x.numpy(), "target": np.array(["Blond_Hair,Male", "rafd/happy"])})
+    faces = [_face(0), _face(1, size=50)]
+    rows = pd.DataFrame({"image": [_b64(f) for f in faces], "target": ["Blond_Hair,Male", "rafd/happy"]})
+    out = predict_images(v1, rows)
+    x = torch.cat([to_tensor(align_face(f, 16, crop=0).image) for f in faces])
     c = torch.cat([v1_targets_from_names(v1, ["Blond_Hair", "Male"]), v1_targets_from_names(v1, ["rafd/happy"])])
-    assert out.shape == (2, 3, 16, 16) and out.dtype == np.float32
-    assert np.allclose(out, v1.translate(x, c).numpy(), atol=1e-6)
+    expect = to_tensor(to_uint8(v1.translate(x, c))[0])      # what a PNG of the output holds
+    got = _unb64(out["image"][0])
+    assert list(out.columns) == ["image"] and got.shape == (1, 3, 16, 16)
+    assert torch.allclose(got, expect[:1], atol=1e-6)
     with pytest.raises(ValueError, match="unknown domain name"):
-        predict_arrays(v1, {"image": x.numpy(), "target": np.array(["Purple_Hair", "Male"])})
+        predict_images(v1, rows.assign(target=["Purple_Hair", "Male"]))
+    with pytest.raises(ValueError, match=r"image \(row 1\): not base64"):
+        predict_images(v1, rows.assign(image=[rows["image"][0], "not an image!"]))
 
     v2 = load_model(make_checkpoint(tmp_path / "v2", "v2"))
-    ref = torch.rand(2, 3, 16, 16) * 2 - 1
-    out = predict_arrays(v2, {"image": x.numpy(), "target": np.array(["Blond_Hair", "Brown_Hair"]),
-                              "seed": np.array([5, -1]), "reference": ref.numpy()})
-    lat = v2.translate_latent(x[:1], torch.tensor([1]), latent(5, v2.latent_dim))
-    rg = v2.translate_reference(x[1:], ref[1:], torch.tensor([2]))
-    assert np.allclose(out[0], lat[0].numpy(), atol=1e-6) and np.allclose(out[1], rg[0].numpy(), atol=1e-6)
+    ref = _face(2)
+    out = predict_images(v2, pd.DataFrame({"image": [_b64(faces[0])] * 3, "target": ["Blond_Hair", "Brown_Hair", "Blond_Hair"],
+                                           "seed": [5, -1, None], "reference": [None, _b64(ref), None]}))
+    x0 = to_tensor(align_face(faces[0], 16, crop=0).image)
+    lat = v2.translate_latent(x0, torch.tensor([1]), latent(5, v2.latent_dim))
+    rg = v2.translate_reference(x0, to_tensor(align_face(ref, 16, crop=0).image), torch.tensor([2]))
+    zero = v2.translate_latent(x0, torch.tensor([1]), latent(0, v2.latent_dim))
+    for i, t in enumerate((lat, rg, zero)):
+        assert torch.allclose(_unb64(out["image"][i]), to_tensor(to_uint8(t)[0]), atol=1e-6), i
     assert [s.name for s in signature_for(v2).inputs.inputs] == ["image", "target", "seed", "reference"]
 
 
@@ -96,7 +124,12 @@ def test_alias_moves_only_when_better(tmp_path):
     with tracking(first.tracking_uri):
         pyfunc = mlflow.pyfunc.load_model("models:/sg-test@champion")
     ex = example_input(load_model(ckpt), 2)
-    assert pyfunc.predict(ex).shape == (2, 3, 16, 16)
+    pred = pyfunc.predict(ex)
+    assert len(pred) == 2 and _unb64(pred["image"][1]).shape == (1, 3, 16, 16)
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException, match="unknown domain name.*this model knows: celeba/Black_Hair"):
+        pyfunc.predict(ex.assign(target=["Purple_Hair", "Male"]))
 
 
 def test_a_version_is_never_judged_by_another_checkpoints_evaluation(tmp_path, capsys):
@@ -200,16 +233,52 @@ def test_mlflow_models_serve_translates(registered):
     try:
         base = f"http://127.0.0.1:{port}"
         _wait(f"{base}/ping", proc)
-        x = (np.random.default_rng(1).random((2, 3, 16, 16), dtype=np.float32) * 2 - 1)
-        body = json.dumps({"inputs": {"image": x.tolist(), "target": ["Blond_Hair", "rafd/happy"]}}).encode()
+        faces = [_face(3, size=64), _face(4, size=48)]
+        rows = [{"image": _b64(f), "target": t} for f, t in zip(faces, ["Blond_Hair", "rafd/happy"])]
+        body = json.dumps({"dataframe_records": rows}).encode()
         req = urllib.request.Request(f"{base}/invocations", data=body, headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=60) as r:
-            served = np.asarray(json.loads(r.read())["predictions"], dtype=np.float32)
+            served = [p["image"] for p in json.loads(r.read())["predictions"]]
+        with tracking(reg.tracking_uri):      # the example MLflow stores with every version works as it is
+            example = Path(mlflow.artifacts.download_artifacts("models:/stargan@champion")) / "serving_input_example.json"
+        ex = urllib.request.Request(f"{base}/invocations", data=example.read_bytes(),
+                                    headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(ex, timeout=60) as r:
+            assert len(json.loads(r.read())["predictions"]) == 1
+        bad = urllib.request.Request(f"{base}/invocations", headers={"Content-Type": "application/json"},
+                                     data=json.dumps({"dataframe_records": [{**rows[0], "target": "Purple_Hair"}]}).encode())
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(bad, timeout=60)
+        error = json.loads(e.value.read())
     finally:
         _stop(proc)
-    assert served.shape == (2, 3, 16, 16)
-    assert served.min() >= -1.5 and served.max() <= 1.5 and served.std() > 0
+    assert e.value.code == 400 and "unknown domain name(s) Purple_Hair; this model knows:" in error["message"]
+    pngs = [base64.b64decode(p) for p in served]
+    assert all(p[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs), "PNG out"
+    assert [decode_image(p).shape for p in pngs] == [(16, 16, 3)] * 2
     with tracking(reg.tracking_uri):
-        local = mlflow.pyfunc.load_model("models:/stargan@champion").predict(
-            {"image": x, "target": np.array(["Blond_Hair", "rafd/happy"])})
-    assert np.allclose(served, local, atol=1e-5)
+        local = mlflow.pyfunc.load_model("models:/stargan@champion").predict(pd.DataFrame(rows))
+    assert list(local["image"]) == served
+
+
+@pytest.mark.slow
+def test_translate_models_uri_from_another_folder(registered, tmp_path):
+    """`stargan translate --model models:/stargan@champion` from a folder that is not the project:
+    with --params it finds the project's store; without, it says what to do and leaves no empty
+    mlflow database behind (it used to create one in the working folder)."""
+    root, _ = registered
+    elsewhere = tmp_path / "photos"
+    elsewhere.mkdir()
+    (elsewhere / "face.png").write_bytes(encode_png(_face(7, size=48)))
+    e = {k: v for k, v in env().items() if k != "MLFLOW_TRACKING_URI"}
+    cmd = [sys.executable, "-m", "stargan.cli", "translate", "--model", "models:/stargan@champion", "--input",
+           "face.png", "--target", "Blond_Hair", "--no-align", "--out", "out"]
+    found = subprocess.run(cmd + ["--params", str(root / "params.yaml")], cwd=elsewhere, env=e, capture_output=True,
+                           text=True, timeout=300)
+    assert found.returncode == 0, found.stderr[-3000:]
+    assert decode_image(elsewhere / "out" / "face_Blond_Hair.png").shape == (16, 16, 3)
+    lost = subprocess.run(cmd, cwd=elsewhere, env=e, capture_output=True, text=True, timeout=300)
+    assert lost.returncode == 2
+    assert lost.stderr.strip().startswith("stargan translate: error: models:/stargan@champion: no project here")
+    assert "--params <project>/params.yaml or set MLFLOW_TRACKING_URI" in lost.stderr
+    assert not list(elsewhere.glob("*.db")), "no empty MLflow database left behind"
