@@ -116,6 +116,7 @@ def test_local_start_sets_single_machine_env_only_during_init(monkeypatch):
     before = ray_constants.ENABLE_RAY_CLUSTER
     assert ray_cluster.init_ray(None, num_cpus=3, include_dashboard=True) is True
     assert seen["_node_ip_address"] == seen["dashboard_host"] == "127.0.0.1"
+    assert seen["address"] == "local", "never join a cluster some `ray start` left on the machine"
     assert seen["num_cpus"] == 3 and seen["include_dashboard"] is True
     assert seen["cluster"] is False, "ray.init would turn 127.0.0.1 into the routable IP"
     assert seen["env"]["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
@@ -221,3 +222,32 @@ def _fit(trainer, errors):
         trainer.fit()
     except Exception as e:  # reported by the test thread
         errors.append(repr(e))
+
+
+@pytest.mark.slow
+def test_a_local_start_does_not_join_a_ray_start_cluster_on_the_machine(tmp_path):
+    """With a cluster from `ray start` running (or its address left in /tmp/ray), a plain ray.init
+    joined it and then failed on num_cpus with a traceback: `dvc repro` broke whenever the user had
+    started Ray for something else. The local start now makes its own instance."""
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_AUTH_MODE": "disabled",
+                                                                          "RAY_USAGE_STATS_ENABLED": "0"}
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    head = subprocess.Popen([ray_bin, "start", "--head", "--block", "--port=6391", "--dashboard-host=127.0.0.1",
+                             "--dashboard-port=8276", "--dashboard-agent-listen-port=52376", "--num-cpus=1"],
+                            env=env, stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 120
+        while subprocess.run([ray_bin, "status", "--address", "127.0.0.1:6391"], env=env, capture_output=True,
+                             timeout=60).returncode != 0:
+            assert time.time() < deadline and head.poll() is None, (tmp_path / "head.log").read_text()[-2000:]
+            time.sleep(2)
+        code = ("import ray; from stargan.training.ray_cluster import init_ray; init_ray(None, num_cpus=2); "
+                "print(ray._private.worker._global_node.gcs_address); ray.shutdown()")
+        run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
+    finally:
+        head.terminate()
+        head.wait(timeout=60)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert not run.stdout.strip().splitlines()[-1].endswith(":6391"), "a new local instance, not the user's cluster"

@@ -43,8 +43,10 @@ def init_ray(address: str | None, *, num_cpus: int, include_dashboard: bool | No
     if address:
         ray.init(address=address, log_to_driver=True)
         return True
+    # address="local": a new instance even when a `ray start` cluster runs on this machine. Without
+    # it ray.init joins that cluster (found through /tmp/ray) and fails on num_cpus with a traceback.
     with _single_machine_env():
-        ray.init(num_cpus=num_cpus, include_dashboard=include_dashboard, dashboard_host=LOOPBACK,
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=include_dashboard, dashboard_host=LOOPBACK,
                  _node_ip_address=LOOPBACK, log_to_driver=True)
     return True
 
