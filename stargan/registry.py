@@ -121,16 +121,17 @@ def predict_images(model, model_input: Any) -> pd.DataFrame:
     if model.kind == "v1":
         out = translate_v1(model, x, targets)
     else:
-        seeds, refs = _column(model_input, "seed", False), _column(model_input, "reference", False)
-        seeds = [int(v) if v is not None else (-1 if i < len(refs) and refs[i] is not None else 0)
-                 for i, v in enumerate(seeds or [None] * len(targets))]
+        seeds = _column(model_input, "seed", False) or [None] * len(targets)
+        refs = _column(model_input, "reference", False) or [None] * len(targets)
         out = torch.empty_like(x)
-        for i, (seed, target) in enumerate(zip(seeds, targets)):
-            if seed >= 0:
-                out[i] = translate_latent(model, x[i:i + 1], [target], [seed])[0]
-            elif i < len(refs) and refs[i] is not None:
-                ref = decode_b64_image(refs[i], s, f"reference (row {i})")
-                out[i] = translate_reference(model, x[i:i + 1], ref, [target])[0]
+        for i, (seed, ref, target) in enumerate(zip(seeds, refs, targets)):
+            if seed is None and ref is None:
+                seed = 0                                            # the default style
+            if seed is not None and int(seed) >= 0:
+                out[i] = translate_latent(model, x[i:i + 1], [target], [int(seed)])[0]
+            elif ref is not None:
+                out[i] = translate_reference(model, x[i:i + 1], decode_b64_image(ref, s, f"reference (row {i})"),
+                                             [target])[0]
             else:
                 raise ValueError(f"row {i}: seed {seed} asks for a reference image, and none was given")
     return pd.DataFrame({"image": [encode_b64_png(o) for o in out]})

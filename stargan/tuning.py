@@ -31,7 +31,6 @@ cluster needs no access to it from the workers.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 import uuid

@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from stargan.cli import main
-from stargan.training.checkpoint import load_state, save_state
 from test_export import make_checkpoint
 from test_translate import face_png, noise_png
 from tiny_project import env, write_params

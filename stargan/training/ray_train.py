@@ -103,9 +103,9 @@ def _worker_entry(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    _quiet_ray_train_reports()
-
     from stargan.training.worker import WorkerContext, run_worker
+
+    _quiet_ray_train_reports()
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -151,7 +151,7 @@ def fit(cfg: Config, repo_root: Path, *, run_name: str | None = None) -> TrainOu
     tuned = tuned_keys(cfg)
     cfg = resolve_tuned(cfg, repo_root / TUNED_FILE)
     print(f"[stargan] loss weights: {loss_weights_summary(cfg, tuned)}", flush=True)
-    for ds, d in sorted(shard_dirs(cfg, repo_root).items()):
+    for d in shard_dirs(cfg, repo_root).values():
         verify_shards(d)       # fail here, in one line, before Ray starts (workers check their copy too)
     name = run_name or run_name_for(cfg, repo_root)
     # Checkpoints and the run record go to train.ray.storage_path: a folder or a URI (s3://, gs://,
@@ -219,8 +219,11 @@ def _finish(cfg: Config, repo_root: Path, result: Any, run_dir: Path, run_id: st
         shutil.copyfile(Path(d) / FILENAME, tmp)
         os.replace(tmp, out_dir / FILENAME)
     if online:      # the model is saved; tracking is not worth failing for
-        tracker.attempt(f"finish run {run_id}", lambda: (tracker.log_artifact(run_id, out_dir / FILENAME, "checkpoint"),
-                                                          tracker.finish(run_id)))
+        def close() -> None:
+            tracker.log_artifact(run_id, out_dir / FILENAME, "checkpoint")
+            tracker.finish(run_id)
+
+        tracker.attempt(f"finish run {run_id}", close)
     if not run_id:
         warn_offline(tracker, name, run_dir)
     return TrainOutcome(checkpoint=out_dir / FILENAME, metrics=dict(result.metrics or {}),
