@@ -182,6 +182,23 @@ def test_ray_train_two_workers_logs_one_mlflow_run(data_root, tmp_path):
     assert len(client.search_runs([run.info.experiment_id])) == 1
 
 
+def _without_ray_cleaner_stop_timeout(out: str) -> str:
+    """Ray Train's controller logs a traceback of its own when its placement-group cleaner actor
+    (started at run start) has not answered ``stop`` within 12 s; on a loaded 2-core CI machine a run
+    that fails at once ends before that actor has booted (seen in CI). That record is Ray's, about
+    Ray's bookkeeping, and says nothing about how *our* error surfaced, so it is cut out here (only
+    that one record: from its first line to its GetTimeoutError) before looking for tracebacks."""
+    kept, skipping = [], False
+    for line in out.splitlines():
+        if "Failed to stop PlacementGroupCleaner gracefully" in line:
+            skipping = True
+        if not skipping:
+            kept.append(line)
+        elif "GetTimeoutError" in line:
+            skipping = False
+    return "\n".join(kept)
+
+
 @pytest.mark.slow
 def test_a_refused_checkpoint_on_ray_resume_fails_once_in_one_line(data_root, tmp_path):
     """Re-running a finished (or interrupted) run resumes its last Ray Train checkpoint. If the
@@ -201,7 +218,7 @@ def test_a_refused_checkpoint_on_ray_resume_fails_once_in_one_line(data_root, tm
     assert line.startswith("stargan train: error: ") and "refused to load: not a safe stargan checkpoint" in line
     assert "It is the last checkpoint of this Ray Train run" in line and "delete that run's folder" in line
     assert out.count("refused to load") == 1, "failed once, not once per retry"
-    assert "Traceback" not in out
+    assert "Traceback" not in _without_ray_cleaner_stop_timeout(out)
     print(f"refused in {time.perf_counter() - t0:.1f} s")
 
 
