@@ -68,6 +68,26 @@ def cmd_bench_load(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_scaling(args: argparse.Namespace) -> int:
+    from stargan.bench.scaling_report import bench_scaling, markdown
+
+    model = bench_scaling(Path(args.out), results=Path(args.results), images=Path(args.images) if args.images else None,
+                          n_images=args.decode_images, min_seconds=args.min_seconds, gpus=args.gpus)
+    print(markdown(model))
+    print(f"-> {args.out}")
+    return 0
+
+
+def _gpu_counts(text: str) -> list[int]:
+    try:
+        gpus = [int(n) for n in text.split(",")]
+    except ValueError:
+        gpus = []
+    if not gpus or min(gpus) < 1:
+        raise argparse.ArgumentTypeError(f"expected a comma list of GPU counts >= 1 (e.g. 8,64,256), got {text!r}")
+    return gpus
+
+
 def cmd_mlflow_upload(args: argparse.Namespace) -> int:
     """Send the history of a run trained while MLflow was unreachable (see stargan.tracking)."""
     from stargan.tracking import Tracker, upload_run
@@ -159,6 +179,49 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_official(args: argparse.Namespace) -> int:
+    """Official checkpoint files -> our checkpoint, export and registered version (stargan.official)."""
+    from stargan.config import config_from_dict
+    from stargan.official.importer import import_official, summary
+    from stargan.official.sources import OfficialSourceError, fetch, get_model_source
+
+    params = Path(args.params)
+    base = load_config(params, args.set) if params.exists() else config_from_dict({}, args.set)
+    root = params.resolve().parent if params.exists() else Path.cwd()
+    files = {role: Path(p) for role, p in (("generator", args.generator), ("discriminator", args.discriminator),
+                                           ("nets_ema", args.nets_ema), ("nets", args.nets), ("optims", args.optims),
+                                           ("wing", args.wing)) if p}
+    name = args.model or "custom"
+    if args.download:
+        if not args.model:
+            raise OfficialSourceError("--download needs --model (one of the official models it fetches)")
+        cache = Path(args.cache) if args.cache else root / base.data.root / "downloads" / "official" / name
+        fetched = fetch(get_model_source(args.model), cache, url=args.url, sha256=args.sha256,
+                        timeout_s=base.download.timeout_s, retries=base.download.retries)
+        files = fetched | files
+    out = Path(args.out) if args.out else root / "models" / "official" / name
+    result = import_official(files, out, base, root, preset=args.model, model=args.kind,
+                             labels=[s.strip() for s in args.labels.split(",")] if args.labels else None,
+                             dataset=args.dataset, image_size=args.image_size, w_hpf=args.w_hpf, step=args.step,
+                             export=not args.checkpoint_only, register=not (args.no_register or args.checkpoint_only),
+                             registered_name=args.registered_name)
+    print(json.dumps(summary(result), indent=2))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """The evaluate stage on any checkpoint, its network sizes taken from the checkpoint itself."""
+    from stargan.evaluation.evaluate import evaluate_checkpoint
+    from stargan.evaluation.report import headline
+    from stargan.training.checkpoint import arch_overrides, load_state
+
+    ckpt = Path(args.checkpoint)
+    cfg = load_config(args.params, arch_overrides(load_state(ckpt)) + args.set)
+    report = evaluate_checkpoint(cfg, Path(args.params).resolve().parent, checkpoint=ckpt)
+    print(json.dumps(headline(report), indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="stargan", description="StarGAN / StarGAN v2 pipeline commands")
     sub = p.add_subparsers(dest="command", required=True)
@@ -205,6 +268,47 @@ def build_parser() -> argparse.ArgumentParser:
     tu = with_params(sub.add_parser("tune", help="Ray Tune sweep over the loss weights set to 'tuned' -> tuned.yaml"))
     tu.set_defaults(func=cmd_tune)
 
+    io = with_params(sub.add_parser(
+        "import-official", help="import the released StarGAN / StarGAN v2 networks as a model of ours",
+        description="Convert official checkpoint files into a stargan checkpoint (<out>/checkpoint.pt), export it "
+                    "(TorchScript + ONNX, parity-checked) and register it in the project's MLflow registry with its "
+                    "source, licence and sha256. Files are loaded weights-only; a file that does not match the "
+                    "architecture is refused with the offending keys named."))
+    io.add_argument("--model", default=None, help="the official model: v1-celeba-128, v1-celeba-256, v1-rafd-128, "
+                                                   "v2-celeba-hq, v2-afhq (sets the domains, dataset and licence)")
+    io.add_argument("--kind", choices=("v1", "v2"), default=None, help="without --model: what the files are")
+    io.add_argument("--labels", default=None, help="without --model (or to rename): label/domain names in order, "
+                                                   "comma-separated")
+    io.add_argument("--generator", default=None, help="v1: 200000-G.ckpt")
+    io.add_argument("--discriminator", default=None, help="v1: 200000-D.ckpt (optional; needed to fine-tune D)")
+    io.add_argument("--nets-ema", default=None, help="v2: 100000_nets_ema.ckpt")
+    io.add_argument("--nets", default=None, help="v2: 100000_nets.ckpt (optional: trained nets and D, to fine-tune)")
+    io.add_argument("--optims", default=None, help="v2: 100000_optims.ckpt (optional, with --nets)")
+    io.add_argument("--wing", default=None, help="v2 with w_hpf > 0: the FAN weights wing.ckpt (default: the copy "
+                                                 "inside the checkpoint, when it has one)")
+    io.add_argument("--w-hpf", type=float, default=None, help="v2: w_hpf of a high-pass model (default: the "
+                                                              "model's, 1 for CelebA-HQ)")
+    io.add_argument("--image-size", type=int, default=None, help="v1 without --discriminator: image size")
+    io.add_argument("--dataset", default=None, help="the data.datasets key the model belongs to (default: the "
+                                                    "model's dataset, e.g. celeba_hq)")
+    io.add_argument("--step", type=int, default=None, help="iteration recorded (default: from the file name)")
+    io.add_argument("--out", default=None, help="output folder (default: models/official/<model>)")
+    io.add_argument("--download", action="store_true", help="fetch the --model's files from the official URLs first")
+    io.add_argument("--cache", default=None, help="with --download: where the files go "
+                                                  "(default: <data.root>/downloads/official/<model>)")
+    io.add_argument("--url", default=None, help="with --download: a mirror URL instead of the official one")
+    io.add_argument("--sha256", default=None, help="with --download: the sha256 the download must have")
+    io.add_argument("--registered-name", default=None, help="MLflow registered model name "
+                                                            "(default: stargan-<model>)")
+    io.add_argument("--no-register", action="store_true", help="checkpoint and export only, no MLflow")
+    io.add_argument("--checkpoint-only", action="store_true", help="the checkpoint only: no export, no MLflow")
+    io.set_defaults(func=cmd_import_official)
+
+    ev = with_params(sub.add_parser("evaluate", help="evaluate a checkpoint (e.g. an imported official model) with "
+                                                     "the project's data and evaluate params"))
+    ev.add_argument("--checkpoint", required=True, help="checkpoint.pt; its network sizes override the params'")
+    ev.set_defaults(func=cmd_evaluate)
+
     bench = sub.add_parser("bench", help="benchmarks that write JSON")
     bsub = bench.add_subparsers(dest="bench", required=True)
     bd = with_params(bsub.add_parser("data", help="align, shard and loader throughput (images/s)"))
@@ -215,6 +319,15 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--images", type=int, default=512, help="images in the generated aligned/raw sets")
     bl.add_argument("--batches", type=int, default=30, help="timed loader batches per worker count")
     bl.set_defaults(func=cmd_bench_load)
+    bs = bsub.add_parser("scaling", help="all-reduce bytes, scaling efficiency and data-path needs (JSON + tables)")
+    bs.add_argument("--results", default="benchmarks/results", help="folder of bench train/data JSON to read")
+    bs.add_argument("--out", default="benchmarks/results/scaling_model.json")
+    bs.add_argument("--images", default=None, help="folder of photos to measure decode on (default: synthetic faces)")
+    bs.add_argument("--decode-images", type=int, default=200, help="photos used for the decode measurement")
+    bs.add_argument("--min-seconds", type=float, default=1.0,
+                    help="CPU seconds per timed repeat (median of 3) per format and size")
+    bs.add_argument("--gpus", type=_gpu_counts, default=[8, 64, 256], help="GPU counts to model (comma list)")
+    bs.set_defaults(func=cmd_bench_scaling)
     bt = bsub.add_parser("train", help="GPU training-step throughput at the papers' settings (JSON)")
     bt.add_argument("--model", choices=("v1", "v2"), required=True)
     bt.add_argument("--compare-eager", action="store_true", help="also time plain fp32 eager in the same run")

@@ -92,6 +92,8 @@ class SyntheticConfig:
     celeba_images: int = knob(1200, lo=10, doc="images in the CelebA-like set")
     rafd_identities: int = knob(24, lo=2, doc="identities in the RaFD-like set (8 expressions each)")
     image_size: int = knob(96, lo=32, hi=1024, doc="side of the in-the-wild canvas, pixels")
+    clutter: bool = knob(False, doc="random shapes and sensor noise behind the CelebA-like faces (harder to "
+                                    "reconstruct); false: a clean two-colour gradient (README 'The default model')")
     test_fraction: float = knob(0.1, lo=0.0, hi=0.5)
     val_fraction: float = knob(0.05, lo=0.0, hi=0.5)
 
@@ -129,6 +131,9 @@ class ShardConfig:
                                 doc="for datasets without an official split (RaFD, user folders): "
                                     "share of identities (or images) assigned to test")
     val_fraction: float = knob(0.0, lo=0.0, hi=0.5)
+    uri: str | None = knob(None, doc="also publish the shards to this object store URI (s3://, gs://, file://), "
+                                     "<uri>/<dataset>/, and train from there (workers on other nodes); "
+                                     "credentials from the environment only")
 
 
 # ----------------------------------------------------------------------------------- models
@@ -192,6 +197,9 @@ class RayConfig:
     cpus_per_worker: float = knob(1.0, lo=0)
     storage_path: str | None = knob(None, doc="shared checkpoint storage (default <repo>/ray_results)")
     max_failures: int = knob(2, lo=-1, doc="worker restarts from the last checkpoint (-1 = forever)")
+    resources_timeout_s: float = knob(600.0, lo=0, doc="how long to wait for the cluster to have room for "
+                                                       "num_workers workers (at start and after a lost node) "
+                                                       "before failing; not elastic")
 
 
 @dataclass
@@ -215,6 +223,10 @@ class TrainConfig:
     sample_every: int = knob(1000, lo=1)
     checkpoint_every: int = knob(10000, lo=1)
     output_dir: str = knob("models/train", doc="final checkpoint + samples")
+    init_from: str | None = knob(None, doc="a checkpoint (e.g. from `stargan import-official`) a new run starts "
+                                           "from: its nets, EMA nets and optimizer states where it has them, at "
+                                           "step 0 with this config's learning rates (fine-tuning); unused once the "
+                                           "run has a checkpoint of its own to resume")
     amp_bf16: bool = knob(False, doc="bf16 autocast (GPU); penalties stay fp32")
     channels_last: bool = knob(False)
     tf32: bool = knob(False, doc="CUDA: TF32 matmuls/convs and cuDNN autotuning (sets global torch.backends flags)")
@@ -235,8 +247,16 @@ class EvaluateConfig:
     weights_dir: str | None = knob(None, doc="folder with pt_inception-2015-12-05 and LPIPS weights")
     classifier_iters: int = knob(2000, lo=1)
     max_images: int = knob(0, lo=0, doc="0 = all test images")
-    classifier_width: int = knob(64, lo=1, doc="base channels of the ResNet-18-shaped attribute classifier "
-                                               "(64 = ResNet-18)")
+    classifier_width: int = knob(64, lo=1, doc="base channels of the attribute classifier (the judge); "
+                                               "classifier_arch resnet18 at 64 is ResNet-18")
+    classifier_arch: str = knob("small", choices=("small", "resnet18"),
+                                doc="the judge's network: resnet18 (He et al.'s, the v1 paper's RaFD judge; with "
+                                    "classifier_width 64) for real faces, small (a 3x3 stem that keeps resolution "
+                                    "below 96 px) for the synthetic default (stargan/evaluation/classifier_nets.py)")
+    judge_min_accuracy: float = knob(0.9, lo=0.0, hi=1.0,
+                                     doc="a target accuracy is flagged judge_ok: false in reports/eval.json when "
+                                         "the judge's balanced accuracy on real test images of its label is "
+                                         "lower: 0.9 = TPR - FPR >= 0.8 (stargan/evaluation/judge.py)")
     classifier_batch_size: int = knob(32, lo=1)
     classifier_lr: float = knob(1e-3, lo=0)
     download_weights: bool = knob(True, doc="fetch missing FID/LPIPS weights from their official URLs")

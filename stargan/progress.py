@@ -23,11 +23,16 @@ class Progress:
     counted quantity to the shown unit (bytes -> MiB: ``2**-20``); ``total`` may be unknown (None)."""
 
     def __init__(self, label: str, total: float | None, unit: str, *, scale: float = 1.0, every_s: float = 2.0,
-                 enabled: bool = True, stream: TextIO | None = None):
+                 enabled: bool = True, stream: TextIO | None = None, start: float | None = None):
         self.label, self.total, self.unit, self.scale = label, total, unit, scale
         self.every_s, self.enabled, self.stream = every_s, enabled, stream
         self.t0 = self.last = time.monotonic()
-        self.start: float | None = None
+        self.start = start          # None: the first update's value (a resumed download)
+
+    def due(self, done: float) -> bool:
+        """Whether ``update(done)`` would print now: for a note that costs something to compute."""
+        finished = self.total is not None and done >= self.total
+        return self.enabled and (finished or time.monotonic() - self.last >= self.every_s)
 
     def update(self, done: float, note: str = "") -> None:
         """``done`` so far (from the first call's value on, for the rate: a resumed download)."""

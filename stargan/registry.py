@@ -72,7 +72,8 @@ class RegistryError(StarganError, RuntimeError):
 class StarGANPyfunc(mlflow.pyfunc.PythonModel):
     """The MLflow python_function wrapper around :mod:`stargan.inference`: images in, images out."""
     def load_context(self, context) -> None:
-        self.model = load_model(context.artifacts["checkpoint"])
+        # A w_hpf > 0 v2 model ships its FAN weights as the "wing" artifact (register_model).
+        self.model = load_model(context.artifacts["checkpoint"], wing_path=context.artifacts.get("wing"))
 
     def predict(self, context, model_input, params=None):  # no type hints: the signature validates
         from mlflow.exceptions import MlflowException
@@ -278,15 +279,19 @@ class Registered:
 
 
 def register_model(checkpoint: Path, cfg: Config, repo_root: Path, *, export_dir: Path | None = None,
-             eval_json: Path | None = None) -> Registered:
+             eval_json: Path | None = None, tags: dict[str, str] | None = None,
+             description: str | None = None) -> Registered:
     """Log the checkpoint's model as a pyfunc into its training run, register it under
-    ``export.registered_name`` and move ``export.alias`` if it is better (module docstring)."""
+    ``export.registered_name`` and move ``export.alias`` if it is better (module docstring).
+    ``tags`` are added to the version's own, ``description`` becomes the version's description
+    (e.g. an imported official model's source, checksum and licence)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     import stargan
 
     e = cfg.export
+    extra_tags = dict(tags or {})
     state = load_state(checkpoint)
     model = model_from_state(state)
     tracker = Tracker.for_config(cfg, repo_root)
@@ -301,11 +306,15 @@ def register_model(checkpoint: Path, cfg: Config, repo_root: Path, *, export_dir
 
     objective = read_objective(eval_json, e.objective, checkpoint)
     x = example_input(model)
+    artifacts = {}
+    if model.kind == "v2" and model.config.train.v2.w_hpf > 0:
+        # The FAN weights travel with the model, so serving it needs no file at the trained path.
+        artifacts["wing"] = str(model.config.train.v2.wing_path)
     with tempfile.TemporaryDirectory() as tmp:
-        slim = slim_checkpoint(state, Path(tmp))
+        artifacts["checkpoint"] = str(slim_checkpoint(state, Path(tmp)))
         with tracking(tracking_uri), mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
-                name="model", python_model=StarGANPyfunc(), artifacts={"checkpoint": str(slim)},
+                name="model", python_model=StarGANPyfunc(), artifacts=artifacts,
                 code_paths=[str(Path(stargan.__file__).parent)], signature=signature_for(model),
                 input_example=x, pip_requirements=pip_requirements(), registered_model_name=e.registered_name)
             if export_dir is not None and Path(export_dir).exists():
@@ -323,11 +332,13 @@ def register_model(checkpoint: Path, cfg: Config, repo_root: Path, *, export_dir
         champ_value = float(champ.tags[TAG_OBJECTIVE])
     moved, reason = decide(objective, champ.version if champ else None, champ_value, e.objective_mode, e.objective)
     tags = {TAG_OBJECTIVE_KEY: e.objective, TAG_DECISION: reason, TAG_MOVED: str(moved).lower(),
-            "stargan.step": str(state.step), "stargan.kind": model.kind} | provenance_tags(repo_root)
+            "stargan.step": str(state.step), "stargan.kind": model.kind} | provenance_tags(repo_root) | (extra_tags or {})
     if objective is not None:
         tags[TAG_OBJECTIVE] = repr(objective)
     for k, v in tags.items():
         client.set_model_version_tag(e.registered_name, version, k, v)
+    if description:
+        client.update_model_version(e.registered_name, version, description=description)
     if moved:
         client.set_registered_model_alias(e.registered_name, e.alias, version)
     verb = f"now @{e.alias}" if moved else f"registered WITHOUT moving @{e.alias}"
@@ -336,7 +347,8 @@ def register_model(checkpoint: Path, cfg: Config, repo_root: Path, *, export_dir
                       alias=e.alias, alias_moved=moved, reason=reason, objective=objective, tracking_uri=tracking_uri)
 
 
-def export_and_register(cfg: Config, repo_root: Path, checkpoint: Path, *, register: bool
+def export_and_register(cfg: Config, repo_root: Path, checkpoint: Path, *, register: bool,
+                        tags: dict[str, str] | None = None, description: str | None = None,
                         ) -> tuple[dict, Registered | None]:
     """The export stage and ``stargan export``: export ``checkpoint`` to ``export.output_dir`` and,
     with ``register``, log and register it (:func:`register`).
@@ -353,4 +365,5 @@ def export_and_register(cfg: Config, repo_root: Path, checkpoint: Path, *, regis
                           latency_reps=e.latency_reps)
     if not register:
         return report, None
-    return report, register_model(checkpoint, cfg, repo_root, export_dir=out, eval_json=Path(repo_root) / EVAL_REPORT)
+    return report, register_model(checkpoint, cfg, repo_root, export_dir=out, eval_json=Path(repo_root) / EVAL_REPORT,
+                                  tags=tags, description=description)

@@ -81,8 +81,9 @@ def trial_config(params: dict, lambdas: dict[str, float], tune_cfg: dict) -> Con
     cfg = with_loss_weights(config_from_dict(params), lambdas)
     iters = int(tune_cfg["iters_per_trial"])
     every = max(1, math.ceil(iters / int(tune_cfg["reports_per_trial"])))
+    # init_from=None: trials compare loss weights from scratch (the tune stage does not read train.init_from)
     train = dataclasses.replace(cfg.train, num_iters=iters, checkpoint_every=every, sample_every=iters + 1,
-                                log_every=min(every, cfg.train.log_every))
+                                log_every=min(every, cfg.train.log_every), init_from=None)
     return dataclasses.replace(cfg, train=train)
 
 

@@ -23,6 +23,7 @@ CASES = {
     "download.timeout_s": (30, {"download", "evaluate"}),
     "align.face_fraction": (0.5, {"align"}),
     "shard.rows_per_group": (8, {"shard"}),
+    "shard.uri": ("s3://bucket/shards", {"shard", "train"}),          # published copy: trained from
     "tune.num_samples": (3, {"tune"}),
     "train.num_iters": (99, {"train", "evaluate"}),                 # not the sweep
     "train.log_every": (3, {"train", "evaluate"}),
@@ -30,6 +31,8 @@ CASES = {
     "train.mlflow.experiment": ("other", {"train", "evaluate", "export"}),
     "evaluate.grid_images": (4, {"evaluate"}),                       # not the classifier
     "evaluate.classifier_iters": (20, {"classifier", "evaluate"}),
+    "evaluate.classifier_arch": ("resnet18", {"classifier", "evaluate"}),
+    "evaluate.judge_min_accuracy": (0.8, {"evaluate"}),               # a verdict, not a new judge
     "evaluate.batch_size": (8, {"tune", "classifier", "evaluate"}),
     "export.latency_reps": (2, {"export"}),
 }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 import time
@@ -33,13 +34,15 @@ def _train(root: Path) -> None:
 
 
 def test_classifier_is_accurate_on_real_synthetic_images(tmp_path):
-    root = build_data(tmp_path)
-    for ds, floor in (("celeba", 0.9), ("rafd", 0.3)):
+    # 20 RaFD-like identities (18 to train on, 2 held out): with the tiny project's 4, the judge saw 3
+    # faces per expression and its accuracy on the one held-out face swung between 0.25 and 1.0.
+    root = build_data(tmp_path, {"synthetic": {"rafd_identities": 20}})
+    for ds, floor in (("celeba", 0.9), ("rafd", 0.8)):
         shard = root / "data" / "shards" / ds
         clf = train_classifier(shard, dataset=ds, image_size=16, width=8, iters=120, batch_size=32, lr=3e-3)
         acc = evaluate_real(clf, shard, "test")["accuracy"]
         print(f"{ds}: classifier accuracy on real test images {acc:.3f}")
-        # measured: celeba 1.00 (16 test images); rafd ~0.4-1.0 (8 test images, 3 training identities)
+        # measured: celeba 1.00 (16 test images); rafd see the run's print (16 test images, 18 identities)
         assert acc >= floor
 
 
@@ -64,8 +67,9 @@ def test_v1_train_classifier_evaluate_stages_offline(tmp_path):
     assert "pt_inception-2015-12-05-6726825d.pth not found" in fid["reason"]
     assert "evaluate.weights_dir" in fid["fix"] and "fid" not in rep
     assert "lpips" in rep["not_applicable"]
-    assert "[evaluate] fid: unavailable: " in proc.stdout and "Fix: " in proc.stdout
-    assert proc.stdout.count("pt_inception-2015-12-05-6726825d.pth not found") == 1, "said once"
+    out = proc.stdout + proc.stderr
+    assert re.search(r"\[evaluate\] metrics: \d+/\d+ metrics \(\d+%\).*fid: unavailable: .*Fix: ", out), out[-3000:]
+    assert out.count("pt_inception-2015-12-05-6726825d.pth not found") == 1, "said once"
     rows = list(csv.DictReader((root / "reports" / "eval_accuracy.csv").open()))
     assert len(rows) == len([k for k in acc if k.count("/") == 1 and not k.startswith("real/")
                              and not k.endswith("/mean")])
@@ -78,7 +82,11 @@ def test_v1_train_classifier_evaluate_stages_offline(tmp_path):
     head = json.loads((root / "metrics" / "headline.json").read_text())
     assert head["accuracy"] == pytest.approx(acc["mean"], abs=1e-4) and "fid" not in head
     assert head["beats_input"] == pytest.approx(cf["fraction_beating_identity"], abs=1e-4)
-    assert set(head) == {"accuracy", "judge", "beats_input", "l1_gain", "kept_l1", "cycle_l1", "fid_cls"}
+    assert set(head) == {"accuracy", "worst_accuracy", "judge", "beats_input", "l1_gain", "kept_l1", "kept_ratio",
+                         "cycle_l1", "fid_cls"}
+    per_target = [float(r["accuracy"]) for r in rows]
+    assert head["worst_accuracy"] == pytest.approx(min(per_target), abs=1e-4)
+    assert head["kept_ratio"] == pytest.approx(cf["kept_l1"] / cf["identity_l1"], abs=1e-3)
     grids = sorted(p.name for p in (root / "plots" / "eval_grids").glob("*.png"))
     assert grids == ["counterfactual_celeba.png", "counterfactual_rafd.png", "samples_celeba.png", "samples_rafd.png"]
     assert json.loads((root / "reports" / "classifier.json").read_text())["celeba"]["accuracy"] > 0.5

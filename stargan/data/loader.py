@@ -54,15 +54,16 @@ from typing import Iterator, Sequence
 import cv2
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from stargan.config import TrainConfig
 from stargan.data.domains import DomainMap, resolve_domains
 from stargan.data.imageio import ImageDecodeError, decode_shard_image
-from stargan.data.shards import REPAIR, ShardError, open_shard, split_entries, verify_shards
+from stargan.data.shard_source import RowGroupReader, describe, file_metadata, verify
+from stargan.data.shards import REPAIR, ShardError, split_entries
 from stargan.data.transforms import build_transform
+from stargan.storage import is_uri
 
 log = logging.getLogger(__name__)
 _MASK64 = (1 << 64) - 1
@@ -79,7 +80,12 @@ def _worker() -> tuple[int, int]:
     return (0, 1) if info is None else (info.id, info.num_workers)
 
 
-def _decode_all(images: Sequence[bytes], keys: Sequence[str], shard_dir: Path) -> list[np.ndarray]:
+def _shard_dir(shard_dir: str | Path) -> str | Path:
+    """A URI stays a string (``Path`` would fold ``s3://`` to ``s3:/``); a folder becomes a Path."""
+    return str(shard_dir) if is_uri(shard_dir) else Path(shard_dir)
+
+
+def _decode_all(images: Sequence[bytes], keys: Sequence[str], shard_dir: str | Path) -> list[np.ndarray]:
     try:
         return [decode_shard_image(b, name=f"image {k!r}") for b, k in zip(images, keys)]
     except ImageDecodeError as e:
@@ -90,41 +96,45 @@ def _decode_all(images: Sequence[bytes], keys: Sequence[str], shard_dir: Path) -
 
 @dataclass(frozen=True)
 class Unit:
-    """One (file, row group) of a split: the unit of reading and of sharding across ranks."""
+    """One (file, row group) of a split: the unit of reading and of sharding across ranks.
+    ``file`` is the manifest's name of the file, ``path`` where it is (a path or a URI)."""
     path: str
     row_group: int
     rows: int
+    file: str = ""
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.file, self.row_group
 
 
-def list_units(shard_dir: Path, split: str) -> tuple[dict, list[Unit]]:
-    """The verified manifest and the split's units in file order (row counts from parquet footers)."""
-    manifest = verify_shards(shard_dir)
+def list_units(shard_dir: str | Path, split: str) -> tuple[dict, list[Unit]]:
+    """The verified manifest and the split's units in file order (row counts from parquet footers).
+    ``shard_dir``: a folder, or a URI the shards were published to (stargan/data/shard_source.py)."""
+    manifest = verify(shard_dir)
     entries = split_entries(manifest, split)
     if not entries:
         raise ShardError(f"{shard_dir}: no '{split}' rows in manifest.json "
                          f"(splits present: {', '.join(sorted(manifest['counts'])) or 'none'})")
     units = []
     for entry in entries:
-        md = open_shard(shard_dir, entry).metadata
-        path = str(Path(shard_dir) / entry["path"])
-        units += [Unit(path, i, md.row_group(i).num_rows) for i in range(md.num_row_groups)]
+        md = file_metadata(shard_dir, entry)
+        path = describe(shard_dir, entry["path"])
+        units += [Unit(path, i, md.row_group(i).num_rows, entry["path"]) for i in range(md.num_row_groups)]
     return manifest, units
 
 
 class _Reader:
-    """Per-process cache of open parquet files (opened lazily, so forked workers own theirs)."""
+    """Reads units of one shard set (local or remote; per process: forked workers own theirs)."""
 
-    def __init__(self) -> None:
-        self._files: dict[str, pq.ParquetFile] = {}
+    def __init__(self, shard_dir: str | Path) -> None:
+        self.rows = RowGroupReader(shard_dir)
+
+    def prefetch(self, units: Sequence[Unit]) -> None:
+        self.rows.prefetch([u.key for u in units])
 
     def read(self, unit: Unit, columns: list[str]) -> pa.Table:
-        pf = self._files.get(unit.path)
-        if pf is None:
-            pf = self._files[unit.path] = pq.ParquetFile(unit.path)
-        try:
-            return pf.read_row_group(unit.row_group, columns=columns, use_threads=False)
-        except Exception as e:  # noqa: BLE001 - a damaged page
-            raise ShardError(f"{unit.path}: row group {unit.row_group} unreadable ({e}); {REPAIR}") from None
+        return self.rows.read(unit.file, unit.row_group, columns)
 
 
 # ------------------------------------------------------------------------ epoch layout
@@ -199,7 +209,7 @@ class TrainStream(IterableDataset):
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
         if batch_size < 1 or start_batch < 0 or shuffle_units < 1:
             raise ValueError("batch_size and shuffle_units must be >= 1 and start_batch >= 0")
-        self.shard_dir = Path(shard_dir)
+        self.shard_dir = _shard_dir(shard_dir)
         self.manifest, self.units = list_units(self.shard_dir, split)
         if len(self.units) < world_size:
             raise ShardError(f"{self.shard_dir}: split '{split}' has {len(self.units)} row group(s), fewer than "
@@ -224,18 +234,24 @@ class TrainStream(IterableDataset):
             out.append((e, *self._layout.window_of(e, q)))
         return out
 
+    def _window_units(self, epoch: int, w: int) -> list[Unit]:
+        ep, n = self._layout.epoch(epoch), self._layout.shuffle_units
+        if w * n >= len(ep.units):                      # past this epoch's last window: the next epoch's first
+            return self._window_units(epoch + 1, 0) if w > 0 else []
+        return [self.units[u] for u in ep.units[w * n:(w + 1) * n]]
+
     def _window(self, reader: _Reader, cache: OrderedDict, epoch: int, w: int) -> pa.Table:
         if (epoch, w) not in cache:
-            ep = self._layout.epoch(epoch)
-            units = ep.units[w * self._layout.shuffle_units:(w + 1) * self._layout.shuffle_units]
-            cache[(epoch, w)] = pa.concat_tables([reader.read(self.units[u], _STREAM_COLUMNS) for u in units])
+            reader.prefetch(self._window_units(epoch, w))
+            cache[(epoch, w)] = pa.concat_tables([reader.read(u, _STREAM_COLUMNS) for u in self._window_units(epoch, w)])
+            reader.prefetch(self._window_units(epoch, w + 1))       # read-ahead while this window is used
             if len(cache) > 2:
                 cache.popitem(last=False)
         return cache[(epoch, w)]
 
     def make_batch(self, b: int, reader: _Reader | None = None, cache: OrderedDict | None = None) -> dict:
         """Batch ``b`` of this rank's stream (what the iterator yields at that index)."""
-        reader = reader or _Reader()
+        reader = reader or _Reader(self.shard_dir)
         cache = OrderedDict() if cache is None else cache
         by_window: dict[tuple[int, int], list[tuple[int, int]]] = {}
         for j, (e, w, i) in enumerate(self.batch_sources(b)):
@@ -253,7 +269,7 @@ class TrainStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         w, n = _worker()
-        reader, cache = _Reader(), OrderedDict()
+        reader, cache = _Reader(self.shard_dir), OrderedDict()
         b = self.start_batch + w
         while True:
             yield self.make_batch(b, reader, cache)
@@ -272,11 +288,12 @@ class BalancedStream(IterableDataset):
         super().__init__()
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
-        self.shard_dir = Path(shard_dir)
+        self.shard_dir = _shard_dir(shard_dir)
         self.manifest, units = list_units(self.shard_dir, split)
         self.domains: DomainMap = resolve_domains(self.manifest["label_names"], self.manifest["label_kind"],
                                                   list(domains))
-        reader = _Reader()
+        reader = _Reader(self.shard_dir)
+        reader.prefetch(units)
         table = pa.concat_tables([reader.read(u, _STREAM_COLUMNS) for u in units]).combine_chunks()
         if table.nbytes > max_pool_bytes:
             raise ShardError(f"{self.shard_dir}: the '{split}' split holds {table.nbytes / 2**30:.1f} GiB of images, "
@@ -365,16 +382,14 @@ def make_loader(stream: IterableDataset, num_workers: int = 0, pin_memory: bool 
 def iter_split(shard_dir: str | Path, split: str, batch_size: int, image_size: int) -> Iterator[dict]:
     """Every row of ``split`` once, in shard order: ``image, label, key, identity int64 [B],
     matrix float32 [B,2,3], extra`` (list of dicts; ``{}`` for real data). Last batch may be short."""
-    manifest = verify_shards(shard_dir)
-    entries = split_entries(manifest, split)
-    if not entries:
-        raise ShardError(f"{shard_dir}: no '{split}' rows in manifest.json")
+    shard_dir = _shard_dir(shard_dir)
+    manifest, units = list_units(shard_dir, split)
     transform = build_transform("eval", image_size, manifest["image_size"])
     pending: list[dict] = []
 
     def emit(rows: list[dict]) -> dict:
         keys = [r["key"] for r in rows]
-        return {"image": transform(_decode_all([r["image"] for r in rows], keys, Path(shard_dir))),
+        return {"image": transform(_decode_all([r["image"] for r in rows], keys, shard_dir)),
                 "label": torch.tensor([r["labels"] for r in rows], dtype=torch.float32).reshape(len(rows), -1),
                 "key": keys,
                 "identity": torch.tensor([r["identity"] for r in rows], dtype=torch.int64),
@@ -382,12 +397,12 @@ def iter_split(shard_dir: str | Path, split: str, batch_size: int, image_size: i
                 "extra": [json.loads(r["extra"]) if r["extra"] else {} for r in rows]}
 
     columns = ["key", "image", "labels", "identity", "matrix", "extra"]
-    for entry in entries:
-        pf = open_shard(shard_dir, entry)
-        for rb in pf.iter_batches(batch_size=batch_size, columns=columns, use_threads=False):
-            pending += rb.to_pylist()
-            while len(pending) >= batch_size:
-                yield emit(pending[:batch_size])
-                pending = pending[batch_size:]
+    reader = _Reader(shard_dir)
+    for i, unit in enumerate(units):
+        reader.prefetch(units[i:i + 2])
+        pending += reader.read(unit, columns).to_pylist()
+        while len(pending) >= batch_size:
+            yield emit(pending[:batch_size])
+            pending = pending[batch_size:]
     if pending:
         yield emit(pending)

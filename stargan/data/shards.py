@@ -292,8 +292,13 @@ def read_manifest(shard_dir: Path) -> dict:
     path = Path(shard_dir) / "manifest.json"
     if not path.exists():
         raise ShardError(f"{path}: missing; {REPAIR}")
+    return parse_manifest(path.read_bytes(), str(path))
+
+
+def parse_manifest(data: bytes, path: str) -> dict:
+    """A manifest's bytes, validated (``path`` names it in messages: a file or a URI)."""
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(data.decode())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ShardError(f"{path}: not valid JSON ({e}); {REPAIR}") from None
     if manifest.get("schema_version") != SCHEMA_VERSION:

@@ -1,11 +1,13 @@
-"""The attribute/expression classifier of the StarGAN protocol: trained on real training images,
-then used to check that translations land in their target domain.
+"""The attribute/expression classifier of the StarGAN protocol (the "judge"): trained on real
+training images, then used to check that translations land in their target domain.
 
-A ResNet-18-shaped network (BasicBlocks [2, 2, 2, 2], channels w, 2w, 4w, 8w; ``w = 64`` is
-ResNet-18 itself, ``evaluate.classifier_width`` shrinks it for the CPU default). Inputs of 96 px
-and up get ResNet's 7x7/2 stem + max pool, smaller ones a 3x3/2 stem. Multi-label sets
-(CelebA) are trained with a sigmoid per attribute, one-hot sets (RaFD) with a softmax. The
-global-pooled ``8w``-d features double as the feature space of ``fid_classifier_features``.
+``evaluate.classifier_arch`` picks the network (stargan/evaluation/classifier_nets.py: ``resnet18``,
+He et al.'s ResNet-18 at ``classifier_width: 64``, for real faces; ``small``, the compact one the
+synthetic CPU default trains in seconds), ``classifier_width`` / ``classifier_iters`` size it.
+Multi-label sets (CelebA) are trained with a sigmoid per attribute, one-hot sets (RaFD) with a
+softmax. The global-pooled features double as the feature space of ``fid_classifier_features``.
+The judge's own per-label scores on real test images (stargan/evaluation/judge.py) travel with it,
+so every target accuracy can be reported next to them.
 
 Saved as ``torch.save`` of tensors and plain types (loadable with ``weights_only=True``).
 """
@@ -17,56 +19,20 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from stargan.evaluation.classifier_nets import ARCHS, ResNetClassifier, build_classifier_net
+from stargan.evaluation.judge import LabelCounts, exclusive_counts
+from stargan.progress import Progress
 from stargan.training.labels import HAIR_COLOURS
 
+__all__ = ["ARCHS", "Classifier", "ResNetClassifier", "classifier_path", "evaluate_real", "load_classifier",
+           "save_classifier", "train_classifier", "train_classifiers"]
+
 FORMAT = "stargan-classifier/1"
-
-
-class BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.down = None
-        if stride != 1 or cin != cout:
-            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-        return F.relu(out + (x if self.down is None else self.down(x)))
-
-
-class ResNetClassifier(nn.Module):
-    def __init__(self, num_labels: int, width: int = 64, image_size: int = 128, blocks: Sequence[int] = (2, 2, 2, 2)):
-        super().__init__()
-        if image_size >= 96:
-            self.stem = nn.Sequential(nn.Conv2d(3, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-                                      nn.MaxPool2d(3, 2, 1))
-        else:
-            self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 2, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
-        layers, cin = [], width
-        for i, n in enumerate(blocks):
-            cout = width * 2 ** i
-            for j in range(n):
-                layers.append(BasicBlock(cin, cout, 2 if (j == 0 and i > 0) else 1))
-                cin = cout
-        self.layers = nn.Sequential(*layers)
-        self.fc = nn.Linear(cin, num_labels)
-        self.feature_dim = cin
-
-    def features(self, x: Tensor) -> Tensor:
-        return F.adaptive_avg_pool2d(self.layers(self.stem(x)), 1).flatten(1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.features(x))
 
 
 @dataclass
@@ -79,6 +45,7 @@ class Classifier:
     image_size: int
     width: int
     metrics: dict
+    arch: str = "small"             # files saved before classifier_arch existed hold the small net
 
     @property
     def hair(self) -> list[int]:
@@ -103,6 +70,11 @@ class Classifier:
     def features(self, x: Tensor) -> Tensor:
         return self.net.features(x)
 
+    def judged_pairs(self, labels: Tensor) -> Tensor:
+        """[B, L] bool: the (image, label) pairs whose truth the judge's answer can be checked
+        against (a hair-colour column only where the face has exactly one of the group's colours)."""
+        return exclusive_counts(labels, self.hair if self.label_kind == "multi" else [])
+
 
 def loss_fn(logits: Tensor, labels: Tensor, kind: str) -> Tensor:
     if kind == "onehot":
@@ -118,18 +90,22 @@ def label_accuracy(pred: Tensor, labels: Tensor, kind: str) -> Tensor:
 
 
 def train_classifier(shard_dir: Path, *, dataset: str, image_size: int, width: int, iters: int, batch_size: int,
-                     lr: float, seed: int = 0, device: str | torch.device = "cpu", log_every: int = 50) -> Classifier:
-    """Train on the ``train`` split of one dataset's shards (flip augmentation, Adam)."""
+                     lr: float, seed: int = 0, device: str | torch.device = "cpu", progress_every_s: float = 2.0,
+                     arch: str = "small") -> Classifier:
+    """Train the ``arch`` network on the ``train`` split of one dataset's shards (flip
+    augmentation, Adam, one-cycle learning rate). A progress line (step/total, rate, ETA, mean loss
+    since the last line) at most every ``progress_every_s`` seconds, and at the end."""
     from stargan.data.loader import TrainStream, make_loader
 
     torch.manual_seed(seed)
     stream = TrainStream(shard_dir, batch_size=batch_size, image_size=image_size, mode="v1_train", seed=seed)
     names, kind = list(stream.manifest["label_names"]), stream.manifest["label_kind"]
-    net = ResNetClassifier(len(names), width, image_size).to(device)
+    net = build_classifier_net(arch, len(names), width, image_size).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.999))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=iters, pct_start=0.15)
     net.train()
-    t0, running = time.time(), 0.0
+    t0, running, since = time.time(), 0.0, 0
+    progress = Progress(f"[classifier] {dataset}", iters, "steps", every_s=progress_every_s, start=0)
     for step, batch in enumerate(make_loader(stream), 1):
         x, y = batch["image"].to(device), batch["label"].to(device)
         loss = loss_fn(net(x), y, kind)
@@ -137,24 +113,26 @@ def train_classifier(shard_dir: Path, *, dataset: str, image_size: int, width: i
         loss.backward()
         opt.step()
         sched.step()
-        running += float(loss.detach())
-        if step % log_every == 0 or step == iters:
-            print(f"[classifier] {dataset} step {step}/{iters} loss {running / min(log_every, step):.4f} "
-                  f"({time.time() - t0:.1f}s)", flush=True)
-            running = 0.0
+        running, since = running + float(loss.detach()), since + 1
+        if progress.due(step):
+            progress.update(step, f"loss {running / since:.4f}")
+            running, since = 0.0, 0
         if step >= iters:
             break
     net.eval().requires_grad_(False)
-    return Classifier(net, dataset, names, kind, image_size, width, {"train_seconds": round(time.time() - t0, 2)})
+    return Classifier(net, dataset, names, kind, image_size, width, {"train_seconds": round(time.time() - t0, 2)},
+                      arch)
 
 
 @torch.no_grad()
 def evaluate_real(clf: Classifier, shard_dir: Path, split: str = "test", batch_size: int = 64,
-                  max_images: int = 0, device: str | torch.device = "cpu") -> dict[str, float]:
-    """Accuracy on real images of ``split``: overall, and per label name."""
+                  max_images: int = 0, device: str | torch.device = "cpu") -> dict:
+    """The judge on real images of ``split``: ``accuracy`` (class match for one-hot sets, share of
+    attributes right for multi-label ones), ``images``, and per label name under ``labels`` its
+    accuracy and balanced accuracy (stargan/evaluation/judge.py says which images count)."""
     from stargan.data.loader import iter_split
 
-    correct, per_label, n = 0.0, torch.zeros(len(clf.label_names), dtype=torch.float64), 0
+    correct, n, counts = 0.0, 0, LabelCounts(list(clf.label_names))
     for batch in iter_split(shard_dir, split, batch_size, clf.image_size):
         if max_images and n >= max_images:
             break
@@ -163,18 +141,11 @@ def evaluate_real(clf: Classifier, shard_dir: Path, split: str = "test", batch_s
             x, y = x[:max_images - n], y[:max_images - n]
         pred = clf.predict(x)
         correct += float(label_accuracy(pred, y, clf.label_kind).double().sum())
-        if clf.label_kind == "onehot":
-            hit = (pred.argmax(1) == y.argmax(1)).double()
-            per_label.index_add_(0, y.argmax(1).cpu(), hit.cpu())
-        else:
-            per_label += (pred == (y > 0.5).float()).double().sum(0).cpu()
+        counts.add(pred, y, clf.judged_pairs(y))
         n += x.size(0)
     if n == 0:
         raise ValueError(f"{shard_dir}: no '{split}' images to evaluate the classifier on")
-    out = {"accuracy": correct / n, "images": n}
-    if clf.label_kind == "multi":
-        out.update({f"accuracy/{name}": float(per_label[i] / n) for i, name in enumerate(clf.label_names)})
-    return out
+    return {"accuracy": correct / n, "images": n, "labels": counts.scores()}
 
 
 def save_classifier(clf: Classifier, path: Path) -> Path:
@@ -183,7 +154,8 @@ def save_classifier(clf: Classifier, path: Path) -> Path:
     payload = {"format": FORMAT, "state_dict": {k: v.detach().cpu() for k, v in clf.net.state_dict().items()},
                "meta_json": json.dumps({"dataset": clf.dataset, "label_names": clf.label_names,
                                         "label_kind": clf.label_kind, "image_size": clf.image_size,
-                                        "width": clf.width, "metrics": clf.metrics}, sort_keys=True)}
+                                        "width": clf.width, "arch": clf.arch, "metrics": clf.metrics},
+                                       sort_keys=True)}
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -200,10 +172,13 @@ def load_classifier(path: Path, device: str | torch.device = "cpu") -> Classifie
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path}: not a {FORMAT} file")
     meta = json.loads(payload["meta_json"])
-    net = ResNetClassifier(len(meta["label_names"]), meta["width"], meta["image_size"])
+    arch = meta.get("arch", "small")
+    if arch not in ARCHS:
+        raise ValueError(f"{path}: classifier architecture {arch!r} is not one of {', '.join(ARCHS)}")
+    net = build_classifier_net(arch, len(meta["label_names"]), meta["width"], meta["image_size"])
     net.load_state_dict(payload["state_dict"])
     return Classifier(net.eval().requires_grad_(False).to(device), meta["dataset"], list(meta["label_names"]),
-                      meta["label_kind"], meta["image_size"], meta["width"], meta.get("metrics", {}))
+                      meta["label_kind"], meta["image_size"], meta["width"], meta.get("metrics", {}), arch)
 
 
 def classifier_path(repo_root: Path, dataset: str) -> Path:
@@ -211,9 +186,9 @@ def classifier_path(repo_root: Path, dataset: str) -> Path:
 
 
 def train_classifiers(cfg, repo_root: Path, device: str | torch.device | None = None) -> dict:
-    """The classifier stage: one classifier per dataset of ``train.datasets`` (all datasets when
-    empty) at ``train.image_size``, saved to ``models/classifier/<dataset>.pt``; returns each one's
-    accuracy on the real test images."""
+    """The classifier stage: one ``evaluate.classifier_arch`` classifier per dataset of
+    ``train.datasets`` (all datasets when empty) at ``train.image_size``, saved to
+    ``models/classifier/<dataset>.pt``; returns each one's scores on the real test images."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     ev = cfg.evaluate
     out = {}
@@ -221,9 +196,10 @@ def train_classifiers(cfg, repo_root: Path, device: str | torch.device | None = 
         shard_dir = Path(repo_root) / cfg.data.root / "shards" / ds
         clf = train_classifier(shard_dir, dataset=ds, image_size=cfg.train.image_size, width=ev.classifier_width,
                                iters=ev.classifier_iters, batch_size=ev.classifier_batch_size, lr=ev.classifier_lr,
-                               seed=cfg.train.seed, device=device)
+                               seed=cfg.train.seed, device=device, arch=ev.classifier_arch)
         clf.metrics.update(evaluate_real(clf, shard_dir, "test", ev.batch_size, device=device))
-        clf.metrics["params"] = sum(p.numel() for p in clf.net.parameters())
+        clf.metrics.update(arch=clf.arch, width=clf.width, iters=ev.classifier_iters,
+                           params=sum(p.numel() for p in clf.net.parameters()))
         save_classifier(clf, classifier_path(repo_root, ds))
         out[ds] = clf.metrics
     return out

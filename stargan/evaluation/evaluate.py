@@ -22,6 +22,7 @@ from stargan.evaluation.report import build_report, headline, log_to_tracking, s
 from stargan.evaluation.tasks import EvalContext
 from stargan.files import sha256_file, write_json
 from stargan.inference import model_from_state
+from stargan.progress import Progress
 from stargan.tracking import RUN_ID_KEY, Tracker
 from stargan.training.checkpoint import check_compatible, load_state
 
@@ -40,14 +41,15 @@ def make_context(model, cfg: Config, repo_root: Path, device=None, max_images: i
 
 
 def run_metrics(ctx: EvalContext, metrics: Sequence[str] | None = None, verbose: bool = False) -> dict[str, MetricResult]:
+    """Each metric in turn; ``verbose``: one line per metric as it ends, with done/total and ETA."""
+    names = list(metrics or list_metrics())
+    progress = Progress("[evaluate] metrics", len(names), "metrics", every_s=0.0, enabled=verbose, start=0)
     out = {}
-    for name in metrics or list_metrics():
-        out[name] = calc_metric(name, ctx)
-        if verbose:
-            r = out[name]
-            state = (f"{len(r.results)} values" if r.available else r.reason if r.reason.startswith("not defined")
-                     else f"unavailable: {r.reason}. Fix: {r.fix}")
-            print(f"[evaluate] {name}: {state} ({r.seconds:.1f}s)", flush=True)
+    for done, name in enumerate(names, 1):
+        out[name] = r = calc_metric(name, ctx)
+        state = (f"{len(r.results)} values" if r.available else r.reason if r.reason.startswith("not defined")
+                 else f"unavailable: {r.reason}. Fix: {r.fix}")
+        progress.update(done, f"{name}: {state} ({r.seconds:.1f}s)")
     return out
 
 

@@ -7,9 +7,15 @@ every translated test image. Reported per source dataset and target:
   the flipped attribute's new value); ``<src>_to_<other>/<class>`` for a jointly trained
   model's cross-dataset targets (e.g. CelebA faces given RaFD expressions);
 - ``<src>/<target>/others_kept`` (multi-attribute sets): every other attribute kept its value;
-- ``real/<dataset>``: the classifier's own accuracy on real test images (its ceiling).
+- ``real/<dataset>``: the classifier's own accuracy on real test images (its ceiling), and per
+  label ``real/<dataset>/<label>/accuracy`` and ``.../balanced_accuracy``;
+- ``<key>/judge_accuracy``, ``<key>/judge_balanced_accuracy`` next to every target: the judge on
+  real images of the target's label (stargan/evaluation/judge.py), and in the eval.json section
+  ``judge`` whether each target accuracy is meaningful (``judge_ok``: balanced accuracy >=
+  ``evaluate.judge_min_accuracy``) and the list of those that are not.
 
-v2: ``<mode>/<src>_to_<trg>`` for latent- and reference-guided outputs, and their means.
+v2: ``<mode>/<src>_to_<trg>`` for latent- and reference-guided outputs, and their means; the judge
+is scored per domain (the domain the classifier's labels are assigned to vs the true one).
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ from collections import defaultdict
 
 import torch
 
+from stargan.evaluation.judge import MEASURE, LabelCounts, domain_onehot, verdict
 from stargan.evaluation.metrics import MetricResult, register_metric
 from stargan.evaluation.tasks import EvalContext, V1Target, v1_translations, v2_dataset, v2_tasks, v2_translations
 
@@ -29,23 +36,71 @@ def target_hit(clf, pred: torch.Tensor, t: V1Target) -> torch.Tensor:
 
 
 def others_kept(clf, pred: torch.Tensor, t: V1Target) -> torch.Tensor:
-    """[B] bool: every label outside the target's group still matches the source."""
+    """[B] bool: every label outside the target's group still matches the source. The hair colour
+    is checked only on faces that have exactly one of the group's colours: the judge always names
+    one, so a real face with none listed (grey, bald) would otherwise never count as kept."""
     group = set(clf.hair) if t.attr in clf.hair else {t.attr}
     cols = [i for i in range(pred.size(1)) if i not in group]
     if not cols:
         return torch.ones(pred.size(0), dtype=torch.bool, device=pred.device)
-    return (pred[:, cols] == t.labels[:, cols]).all(1)
+    judged = clf.judged_pairs(t.labels).to(pred.device)
+    return ((pred[:, cols] == t.labels[:, cols]) | ~judged[:, cols]).all(1)
 
 
-def real_accuracy(ctx: EvalContext, dataset: str) -> float:
+def real_scores(ctx: EvalContext, dataset: str) -> tuple[float, dict[str, dict]]:
+    """The judge on the real test images of ``dataset``: its accuracy, and per label its scores."""
     from stargan.evaluation.classifier import label_accuracy
 
     clf = ctx.classifier(dataset)
-    total, n = 0.0, 0
+    total, n, counts = 0.0, 0, LabelCounts(list(clf.label_names))
     for b in ctx.batches(dataset):
-        total += float(label_accuracy(clf.predict(b["image"]), b["label"], clf.label_kind).double().sum())
+        pred = clf.predict(b["image"])
+        total += float(label_accuracy(pred, b["label"], clf.label_kind).double().sum())
+        counts.add(pred, b["label"], clf.judged_pairs(b["label"]))
         n += b["image"].size(0)
-    return total / max(n, 1)
+    return total / max(n, 1), counts.scores()
+
+
+def real_domain_scores(ctx: EvalContext, dataset: str) -> dict[str, dict]:
+    """v2: per domain, the judge's domain (its predicted labels through the model's domain map)
+    against the true one on the real test images that belong to a domain."""
+    clf, domains = ctx.classifier(dataset), ctx.model.domains
+    counts = LabelCounts(list(domains.names))
+    for b in ctx.batches(dataset):
+        true, _ = domains.assign(b["label"].cpu().numpy())
+        said, _ = domains.assign(clf.predict(b["image"]).cpu().numpy())
+        judged = torch.as_tensor(true >= 0).unsqueeze(1).expand(-1, domains.num_domains)
+        counts.add(domain_onehot(said, domains.num_domains), domain_onehot(true, domains.num_domains), judged)
+    return counts.scores()
+
+
+def _report_real(res: MetricResult, dataset: str, scores: dict[str, dict]) -> None:
+    for label, sc in scores.items():
+        for k in ("accuracy", "balanced_accuracy"):
+            if sc[k] is not None:
+                res.results[f"real/{dataset}/{label}/{k}"] = sc[k]
+
+
+def _judge(res: MetricResult, key: str, score: dict | None, row: dict, threshold: float, ok: dict) -> None:
+    """The judge's scores on the target's label next to the target accuracy (results and table row)."""
+    acc, bal, ok[key] = verdict(score, threshold)
+    row.update(judge_accuracy=acc, judge_balanced_accuracy=bal, judge_ok=ok[key])
+    if acc is not None:
+        res.results[f"{key}/judge_accuracy"] = acc
+    if bal is not None:
+        res.results[f"{key}/{MEASURE}"] = bal
+
+
+def _judge_section(ok: dict[str, bool], means: dict[str, list[str]], threshold: float) -> dict:
+    """reports/eval.json ``judge``: which target accuracies the judge is good enough to measure."""
+    for mean, keys in means.items():
+        ok[mean] = bool(keys) and all(ok[k] for k in keys)
+    return {"min_accuracy": threshold, "measure": MEASURE,
+            "rule": f"a target accuracy is meaningful (judge_ok) when the judge's {MEASURE} on real test images "
+                    f"of the target's label is >= min_accuracy (evaluate.judge_min_accuracy); a mean when all "
+                    f"its targets are",
+            "judge_ok": dict(sorted(ok.items())),
+            "not_meaningful": sorted(k for k, v in ok.items() if not v)}
 
 
 def target_key(src: str, t: V1Target) -> str:
@@ -55,31 +110,39 @@ def target_key(src: str, t: V1Target) -> str:
 
 def _v1(ctx: EvalContext) -> MetricResult:
     hits, kept, counts = defaultdict(float), defaultdict(float), defaultdict(int)
-    res = MetricResult("target_accuracy")
+    res, judge, label_of = MetricResult("target_accuracy"), {}, {}
+    threshold = ctx.cfg.evaluate.judge_min_accuracy
     for ds in ctx.datasets():
-        res.results[f"real/{ds}"] = real_accuracy(ctx, ds)
+        res.results[f"real/{ds}"], judge[ds] = real_scores(ctx, ds)
+        _report_real(res, ds, judge[ds])
+    for ds in ctx.datasets():
         for batch, outs in v1_translations(ctx, ds):
             for t, fake in outs:
                 clf = ctx.classifier(t.dataset)
                 pred = clf.predict(fake)
                 key = target_key(ds, t)
+                label_of[key] = (t.dataset, clf.label_names[t.attr])
                 hits[key] += float(target_hit(clf, pred, t).sum())
                 counts[key] += fake.size(0)
                 if t.own and clf.label_kind == "multi":
                     kept[key] += float(others_kept(clf, pred, t).sum())
-    groups = defaultdict(list)
+    groups, ok = defaultdict(list), {}
     for key, n in counts.items():
         acc = hits[key] / n
         res.results[key] = acc
         row = {"source": key.split("/")[0], "target": key.split("/")[1], "accuracy": acc, "images": n}
         if key in kept:
             res.results[f"{key}/others_kept"] = row["others_kept"] = kept[key] / n
+        target_ds, label = label_of[key]
+        _judge(res, key, judge[target_ds].get(label), row, threshold, ok)
         res.tables.setdefault("eval_accuracy", []).append(row)
-        groups[key.split("/")[0]].append(acc)
-    for g, accs in groups.items():
-        res.results[f"{g}/mean"] = sum(accs) / len(accs)
-    own = [res.results[k] for k in counts if "_to_" not in k.split("/")[0]]
-    res.results["mean"] = sum(own) / len(own) if own else float("nan")
+        groups[key.split("/")[0]].append(key)
+    for g, keys in groups.items():
+        res.results[f"{g}/mean"] = sum(res.results[k] for k in keys) / len(keys)
+    own = [k for k in counts if "_to_" not in k.split("/")[0]]
+    res.results["mean"] = sum(res.results[k] for k in own) / len(own) if own else float("nan")
+    res.sections["judge"] = _judge_section(ok, {"mean": own, **{f"{g}/mean": keys for g, keys in groups.items()}},
+                                           threshold)
     res.meta = {"headline": "mean: target accuracy over every (source dataset, own-dataset target)",
                 "classifiers": {d: ctx.classifier(d).metrics for d in ctx.datasets()}}
     return res
@@ -89,10 +152,14 @@ def _v2(ctx: EvalContext) -> MetricResult:
     ds = v2_dataset(ctx)
     clf = ctx.classifier(ds)
     names = ctx.model.domains.names
-    res = MetricResult("target_accuracy")
-    res.results[f"real/{ds}"] = real_accuracy(ctx, ds)
+    res, ok, means = MetricResult("target_accuracy"), {}, {}
+    threshold = ctx.cfg.evaluate.judge_min_accuracy
+    res.results[f"real/{ds}"], label_scores = real_scores(ctx, ds)
+    _report_real(res, ds, label_scores)
+    judge = real_domain_scores(ctx, ds)
+    _report_real(res, ds, {f"domain/{d}": sc for d, sc in judge.items()})
     for mode in ("latent", "reference"):
-        accs = []
+        accs, means[f"{mode}/mean"] = [], []
         for src, trg in v2_tasks(ctx):
             hit, n = 0.0, 0
             for _, outs in v2_translations(ctx, src, trg, mode):
@@ -105,12 +172,17 @@ def _v2(ctx: EvalContext) -> MetricResult:
             key = f"{mode}/{names[src]}_to_{names[trg]}"
             res.results[key] = hit / n
             accs.append(hit / n)
-            res.tables.setdefault("eval_accuracy", []).append(
-                {"source": f"{mode}/{names[src]}", "target": names[trg], "accuracy": hit / n, "images": n})
+            means[f"{mode}/mean"].append(key)
+            row = {"source": f"{mode}/{names[src]}", "target": names[trg], "accuracy": hit / n, "images": n}
+            _judge(res, key, judge.get(names[trg]), row, threshold, ok)
+            res.tables.setdefault("eval_accuracy", []).append(row)
         if accs:
             res.results[f"{mode}/mean"] = sum(accs) / len(accs)
-    means = [res.results[f"{m}/mean"] for m in ("latent", "reference") if f"{m}/mean" in res.results]
-    res.results["mean"] = sum(means) / len(means) if means else float("nan")
+    mode_means = [res.results[f"{m}/mean"] for m in ("latent", "reference") if f"{m}/mean" in res.results]
+    res.results["mean"] = sum(mode_means) / len(mode_means) if mode_means else float("nan")
+    means = {m: keys for m, keys in means.items() if keys}
+    res.sections["judge"] = _judge_section(ok, {"mean": [k for keys in means.values() for k in keys], **means},
+                                           threshold)
     res.meta = {"classifier": clf.metrics}
     return res
 

@@ -1,7 +1,8 @@
 """The metric registry: ``name -> function(ctx) -> MetricResult`` filled by ``@register_metric``.
 
 Each metric lives in its own module (``metric_*.py``) and returns numbers under flat keys
-(``"celeba/Black_Hair/l1"``), optional tables (rows for the DVC plots) and metadata.
+(``"celeba/Black_Hair/l1"``), optional tables (rows for the DVC plots), metadata, and sections of
+``reports/eval.json`` that are not numbers per key (e.g. ``judge``: which target accuracies to trust).
 :func:`calc_metric` times it and turns :class:`MetricUnavailable` (missing weights, real data
 for a synthetic-only metric, no classifier) into an ``available: False`` result that carries the
 reason and the setting that fixes it, so a report never shows a made-up number. The metric
@@ -25,6 +26,7 @@ class MetricResult:
     results: dict[str, float] = field(default_factory=dict)
     tables: dict[str, list[dict]] = field(default_factory=dict)     # plot name -> rows
     meta: dict = field(default_factory=dict)
+    sections: dict[str, dict] = field(default_factory=dict)         # extra top-level parts of reports/eval.json
     available: bool = True
     reason: str = ""
     fix: str = ""

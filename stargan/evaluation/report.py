@@ -19,7 +19,8 @@ from stargan.visualize import labelled_grid, save_png
 
 #: per-target tables (reports/<table>.csv): their columns in order.
 TABLES = {
-    "eval_accuracy": ["name", "source", "target", "accuracy", "others_kept", "images"],
+    "eval_accuracy": ["name", "source", "target", "accuracy", "others_kept", "images", "judge_accuracy",
+                      "judge_balanced_accuracy", "judge_ok"],
     "eval_counterfactual": ["name", "source", "target", "l1", "identity_l1", "l1_gain", "psnr", "identity_psnr",
                             "ssim", "identity_ssim", "images", "kept_l1", "kept_images"],
     "eval_fid": ["task", "fid"],
@@ -40,7 +41,8 @@ def _num(v):
 
 
 def build_report(results: dict[str, MetricResult], ctx: EvalContext) -> dict:
-    """The ``reports/eval.json`` content: numbers per metric, and why any metric is missing."""
+    """The ``reports/eval.json`` content: numbers per metric, the sections metrics add (``judge``:
+    whether each target accuracy is meaningful), and why any metric is missing."""
     out: dict = {"model": ctx.kind, "step": ctx.model.step, "unavailable": {}, "not_applicable": {},
                  "info": {"fid_real_split": ctx.cfg.evaluate.fid_real_split, "max_images": ctx.max_images,
                           "image_size": ctx.image_size, "seconds": {}}}
@@ -48,6 +50,7 @@ def build_report(results: dict[str, MetricResult], ctx: EvalContext) -> dict:
         out["info"]["seconds"][name] = round(r.seconds, 2)
         if r.available:
             out[name] = {k: _num(v) for k, v in sorted(r.results.items())}
+            out.update(r.sections)
             notes = {k: v for k, v in r.meta.items() if isinstance(v, str) or (k == "skipped" and v)}
             if notes:
                 out["info"].setdefault("notes", {})[name] = notes
@@ -67,11 +70,17 @@ def headline(report: dict) -> dict[str, float]:
 
     acc = report.get("target_accuracy", {})
     judge = [v for k, v in acc.items() if k.startswith("real/") and k.count("/") == 1 and isinstance(v, (int, float))]
+    targets = [v for k, v in acc.items() if k.count("/") == 1 and not k.startswith("real/")
+               and not k.endswith("/mean") and isinstance(v, (int, float))]
+    kept, change = get("counterfactual", "kept_l1"), get("counterfactual", "identity_l1")
     values = {"accuracy": get("target_accuracy", "mean"),               # translations classified as their target
+              "worst_accuracy": min(targets) if targets else None,      # the weakest target's
               "judge": sum(judge) / len(judge) if judge else None,      # the classifier on real test images
               "beats_input": get("counterfactual", "fraction_beating_identity"),
               "l1_gain": get("counterfactual", "l1_gain"),
-              "kept_l1": get("counterfactual", "kept_l1"),
+              "kept_l1": kept,
+              # what an unchanged target costs, relative to the size of the changes (well under 1 = good)
+              "kept_ratio": kept / change if kept is not None and change else None,
               "cycle_l1": get("cycle", "l1"),
               "fid": get("fid", "mean"),
               "fid_cls": get("fid_classifier_features", "mean")}

@@ -57,15 +57,50 @@ def arch_signature(config: dict) -> dict[str, Any]:
     return out
 
 
-def check_compatible(state: TrainState, config: dict, *, what: str = "resume") -> None:
-    """Raise :class:`CheckpointError` listing every architecture key that differs."""
+#: The architecture keys a run that *starts from* a checkpoint (``train.init_from``) must share with
+#: it: the data may be another dataset with other domain names, as long as the nets have the same shapes.
+INIT_KEYS = tuple(k for k in ARCH_KEYS if k not in ("train.datasets", "train.v2.domains"))
+
+
+def check_compatible(state: TrainState, config: dict, *, what: str = "resume",
+                     keys: tuple[str, ...] = ARCH_KEYS) -> None:
+    """Raise :class:`CheckpointError` listing every architecture key (of ``keys``) that differs."""
     mine, theirs = arch_signature(config), arch_signature(state.config)
-    diff = {k: (theirs[k], mine[k]) for k in mine if mine[k] != theirs[k]}
+    diff = {k: (theirs[k], mine[k]) for k in keys if mine[k] != theirs[k]}
     if diff:
         lines = "; ".join(f"{k}: checkpoint has {a!r}, params have {b!r}" for k, (a, b) in diff.items())
         raise CheckpointError(f"cannot {what}: the checkpoint was trained with another configuration ({lines}). "
                               "Use the params it was trained with, or train a new model "
                               "(delete the checkpoint / ray_results run to start over)")
+
+
+def arch_overrides(state: TrainState) -> list[str]:
+    """``KEY=VALUE`` overrides (the ``-S`` form) that make a params file describe this checkpoint's
+    networks: its architecture keys and ``train.v2.wing_path``. With them, a checkpoint made
+    elsewhere (``stargan import-official``, another project) is evaluated or exported with the
+    project's own data and evaluation params, without copying its sizes into params.yaml."""
+    other = "train.v1." if state.model == "v2" else "train.v2."     # the other model's sizes do not matter
+    sig = {k: v for k, v in arch_signature(state.config).items() if not k.startswith(other)}
+    if state.model == "v2":
+        sig["train.v2.wing_path"] = ((state.config.get("train") or {}).get("v2") or {}).get("wing_path")
+    return [f"{k}={json.dumps(v)}" for k, v in sig.items()]
+
+
+def state_dict_problems(found: dict[str, Any], own: dict[str, torch.Tensor], n: int = 5) -> list[str]:
+    """What keeps ``found`` from loading into a module whose state dict is ``own``: missing keys,
+    unexpected keys, shape mismatches and values that are not tensors, the first ``n`` of each named
+    (with the count), so one error message says exactly which entries are wrong. Empty = loadable."""
+    def head(keys: list[str]) -> str:
+        return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
+
+    not_tensor = [k for k, v in found.items() if not isinstance(v, torch.Tensor)]
+    missing = [k for k in own if k not in found]
+    unexpected = [k for k in found if k not in own]
+    shapes = [f"{k} {tuple(found[k].shape)} in the file, {tuple(v.shape)} in the network" for k, v in own.items()
+              if isinstance(found.get(k), torch.Tensor) and found[k].shape != v.shape]
+    return [f"{label}: {head(keys)}" for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                                                        ("shape mismatches", shapes), ("not tensors", not_tensor))
+            if keys]
 
 
 def save_state(state: TrainState, path: str | Path) -> Path:

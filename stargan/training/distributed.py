@@ -57,3 +57,27 @@ def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str,
     dist.all_reduce(t)
     t /= dist.get_world_size()
     return dict(zip(keys, t.tolist()))
+
+
+def gather_rng(rng: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every rank's RNG states, for rank 0's checkpoint: rank 0's under their own names, rank r's
+    under ``rank<r>/<name>``. Each rank draws its own GP alphas and targets; a checkpoint holding
+    rank 0's states only would give every rank rank 0's stream on resume, so a resumed
+    multi-worker run would differ from an uninterrupted one. A collective: every rank calls it."""
+    if not is_distributed():
+        return rng
+    states: list = [None] * dist.get_world_size()
+    dist.all_gather_object(states, {k: v.cpu() for k, v in rng.items()})
+    merged = dict(states[0])
+    for r, theirs in enumerate(states[1:], start=1):
+        merged.update({f"rank{r}/{k}": v for k, v in theirs.items()})
+    return merged
+
+
+def own_rng(rng: dict[str, torch.Tensor], rank: int) -> dict[str, torch.Tensor]:
+    """This rank's RNG states out of :func:`gather_rng`'s dict (rank 0's for a checkpoint written
+    before ranks kept their own, or by another world size)."""
+    base = {k: v for k, v in rng.items() if not k.startswith("rank")}
+    prefix = f"rank{rank}/"
+    mine = {k[len(prefix):]: v for k, v in rng.items() if k.startswith(prefix)}
+    return mine or base

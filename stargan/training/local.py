@@ -8,9 +8,11 @@ from pathlib import Path
 import torch
 
 from stargan.config import TUNED_FILE, Config, loss_weights_summary, resolve_tuned, tuned_keys
+from stargan.data.shard_source import shard_root
 from stargan.tracking import RunLogger
 from stargan.training.checkpoint import FILENAME, TrainState, load_state, save_state
 from stargan.training.errors import TrainingError
+from stargan.training.init_from import resolve_init_from
 from stargan.training.worker import LoopResult, WorkerContext, run_worker
 
 
@@ -30,11 +32,11 @@ class LocalHooks:
 def fit_local(cfg: Config, repo_root: Path, device: str | None = None) -> LoopResult:
     """Train ``cfg`` (loss weights set to ``tuned`` from ``<repo_root>/tuned.yaml``) in this process."""
     tuned = tuned_keys(cfg)
-    cfg = resolve_tuned(cfg, repo_root / TUNED_FILE)
+    cfg = resolve_init_from(resolve_tuned(cfg, repo_root / TUNED_FILE), repo_root)
     print(f"[stargan] loss weights: {loss_weights_summary(cfg, tuned)}", flush=True)
     out_dir = (repo_root / cfg.train.output_dir).resolve()
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    ctx = WorkerContext(rank=0, world_size=1, device=dev, shard_root=(repo_root / cfg.data.root / "shards").resolve(),
+    ctx = WorkerContext(rank=0, world_size=1, device=dev, shard_root=shard_root(cfg, repo_root),
                         log_path=out_dir / "history.jsonl")
     result = run_worker(cfg, ctx, LocalHooks(out_dir), RunLogger("", "", local_log=out_dir / "history.jsonl"))
     if result.status != "finished":

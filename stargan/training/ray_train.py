@@ -23,12 +23,14 @@ from typing import Any
 
 from stargan.codedeps import training_code_digest
 from stargan.config import TUNED_FILE, Config, config_from_dict, loss_weights_summary, resolve_tuned, tuned_keys
-from stargan.data.shards import verify_shards
+from stargan.data.shard_source import manifest_bytes, shard_location, shard_root, verify
 from stargan.errors import StarganError, one_line
 from stargan.storage import open_storage, ray_run_config_kwargs
+from stargan.training.capacity import controller_retries, per_worker_resources, wait_for_room
 from stargan.tracking import RUN_ID_KEY, RUN_RECORD, RunLogger, Tracker, open_training_run, warn_offline
 from stargan.training.checkpoint import FILENAME, CheckpointError, TrainState, load_state, save_state
 from stargan.training.errors import TrainingError
+from stargan.training.init_from import init_digest, resolve_init_from
 
 
 @dataclass
@@ -45,20 +47,25 @@ class TrainOutcome:
 STOP_FILE = "stopped.txt"
 
 
-def shard_dirs(cfg: Config, repo_root: Path) -> dict[str, Path]:
-    return {name: (repo_root / cfg.data.root / "shards" / name).resolve() for name in cfg.train.datasets}
+def shard_dirs(cfg: Config, repo_root: Path) -> dict[str, str | Path]:
+    """Each training dataset's shards: local folders, or their published copy (``shard.uri``)."""
+    return {name: shard_location(cfg, repo_root, name) for name in cfg.train.datasets}
+
+
+#: Knobs of how long to wait, not of what is trained: changing them resumes the same run.
+_NOT_IN_RUN_NAME = ("resources_timeout_s",)
 
 
 def run_name_for(cfg: Config, repo_root: Path) -> str:
     """Same config + same shards + same training code -> same name (Ray resumes it); anything
     else -> a new run."""
-    h = hashlib.sha256(json.dumps(cfg.to_dict()["train"], sort_keys=True).encode())
+    train = cfg.to_dict()["train"]
+    train["ray"] = {k: v for k, v in train["ray"].items() if k not in _NOT_IN_RUN_NAME}
+    h = hashlib.sha256(json.dumps(train, sort_keys=True).encode())
     h.update(training_code_digest().encode())
+    h.update(init_digest(cfg, repo_root).encode())      # train.init_from: what the run starts from
     for name, d in sorted(shard_dirs(cfg, repo_root).items()):
-        manifest = d / "manifest.json"
-        if not manifest.exists():
-            raise TrainingError(f"{manifest}: missing; build the shards first (`dvc repro shard`)")
-        h.update(name.encode() + manifest.read_bytes())
+        h.update(name.encode() + manifest_bytes(d))
     return f"stargan-{cfg.train.model}-{h.hexdigest()[:12]}"
 
 
@@ -112,10 +119,12 @@ def _worker_entry(config: dict) -> None:
     cfg = config_from_dict(config["params"])
     log_path = Path(config["log_path"])
     wctx = WorkerContext(rank=rank, world_size=world, device=ray.train.torch.get_device(),
-                         shard_root=Path(config["shard_root"]), log_path=log_path,
+                         shard_root=config["shard_root"], log_path=log_path,
                          extra={RUN_ID_KEY: config["run_id"]})
     logger = RunLogger(config["tracking_uri"], config["run_id"], local_log=log_path) if rank == 0 else None
-    # Where an operator (or the fault test) finds each worker's process to inspect or kill.
+    # Where an operator (or the fault test) finds each worker's process to inspect or kill; on
+    # another node of a cluster this node-local folder may not exist yet.
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     (log_path.parent / f"worker-{rank}.pid").write_text(str(os.getpid()))
     try:
         result = run_worker(cfg, wctx, _RayHooks(rank), logger)
@@ -128,6 +137,16 @@ def _worker_entry(config: dict) -> None:
         # Ray Train's result carries the metrics of the last *checkpoint*, not of the last report,
         # so the reason goes to the run's storage folder, which the driver reads after fit().
         open_storage(config["storage"], Path(config["repo_root"])).write_text(config["stop_file"], message)
+
+
+def _wait_for_room(cfg: Config, started_here: bool) -> None:
+    """Fixed worker count: wait up to train.ray.resources_timeout_s for the cluster to hold it
+    (stargan/training/capacity.py), failing in one line; a local Ray fails at once."""
+    import ray
+
+    r = cfg.train.ray
+    wait_for_room(r.num_workers, per_worker_resources(r.cpus_per_worker, r.use_gpu), r.resources_timeout_s,
+                  can_grow=not started_here, nodes=ray.nodes, echo=lambda m: print(m, flush=True))
 
 
 def _init_ray(cfg: Config) -> bool:
@@ -152,41 +171,45 @@ def fit(cfg: Config, repo_root: Path, *, run_name: str | None = None) -> TrainOu
     cfg = resolve_tuned(cfg, repo_root / TUNED_FILE)
     print(f"[stargan] loss weights: {loss_weights_summary(cfg, tuned)}", flush=True)
     for d in shard_dirs(cfg, repo_root).values():
-        verify_shards(d)       # fail here, in one line, before Ray starts (workers check their copy too)
+        verify(d)              # fail here, in one line, before Ray starts (workers check their copy too)
     name = run_name or run_name_for(cfg, repo_root)
+    cfg = resolve_init_from(cfg, repo_root)      # every worker reads the same file, wherever it runs from
     # Checkpoints and the run record go to train.ray.storage_path: a folder or a URI (s3://, gs://,
     # file://, any fsspec scheme; see stargan/storage.py). history.jsonl and the worker pid files
     # are node-local files: in the storage folder when it is local, else in <repo>/ray_results.
     store = open_storage(cfg.train.ray.storage_path or "ray_results", repo_root)
     run_dir = (store.local_root or repo_root / "ray_results") / name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tracker = Tracker.for_config(cfg, repo_root)
     run_file, stop_file = f"{name}/{RUN_RECORD}", f"{name}/{STOP_FILE}"
-    if store.exists(run_file):
-        run_id = json.loads(store.read_text(run_file))["run_id"]
-    else:
-        run_id = open_training_run(tracker, name, cfg.to_dict()["train"] | {"datasets": cfg.train.datasets},
-                                   tags={"stargan.model": cfg.train.model, "stargan.run_name": name,
-                                         "stargan.tuned": ",".join(tuned) or "-"})
-        store.write_text(run_file, json.dumps({"run_id": run_id, "tracking_uri": tracker.uri}))
-    if not run_id:
-        warn_offline(tracker, name, run_dir)
-
-    store.delete(stop_file)
+    tracker = Tracker.for_config(cfg, repo_root)
     started = _init_ray(cfg)
     try:
+        # Room for the workers first: a run refused for lack of it leaves no MLflow run behind.
+        _wait_for_room(cfg, started and not (cfg.train.ray.address or os.environ.get("RAY_ADDRESS")))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if store.exists(run_file):
+            run_id = json.loads(store.read_text(run_file))["run_id"]
+        else:
+            run_id = open_training_run(tracker, name, cfg.to_dict()["train"] | {"datasets": cfg.train.datasets},
+                                       tags={"stargan.model": cfg.train.model, "stargan.run_name": name,
+                                             "stargan.tuned": ",".join(tuned) or "-"})
+            store.write_text(run_file, json.dumps({"run_id": run_id, "tracking_uri": tracker.uri}))
+        if not run_id:
+            warn_offline(tracker, name, run_dir)
+        store.delete(stop_file)
         r = cfg.train.ray
-        resources = {"CPU": r.cpus_per_worker} | ({"GPU": 1} if r.use_gpu else {})
+        resources = per_worker_resources(r.cpus_per_worker, r.use_gpu)
         trainer = TorchTrainer(
             _worker_entry,
-            train_loop_config={"params": cfg.to_dict(), "shard_root": str(repo_root / cfg.data.root / "shards"),
+            train_loop_config={"params": cfg.to_dict(), "shard_root": str(shard_root(cfg, repo_root)),
                                "run_id": run_id, "tracking_uri": tracker.uri,
                                "log_path": str(run_dir / "history.jsonl"), "stop_file": stop_file,
                                "storage": store.uri, "repo_root": str(repo_root)},
             scaling_config=ray.train.ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu,
                                                    resources_per_worker=resources),
             run_config=ray.train.RunConfig(name=name, **ray_run_config_kwargs(store),
-                                           failure_config=ray.train.FailureConfig(max_failures=r.max_failures),
+                                           failure_config=ray.train.FailureConfig(
+                                               max_failures=r.max_failures,
+                                               controller_failure_limit=controller_retries(r.resources_timeout_s)),
                                            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)))
         result = trainer.fit()
     finally:

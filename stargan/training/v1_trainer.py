@@ -12,12 +12,15 @@ import torch
 
 from stargan.config import Config
 from stargan.data.loader import iter_split, make_loader, train_stream
-from stargan.data.shards import split_entries, verify_shards
+from stargan.data.shard_source import verify
+from stargan.data.shards import split_entries
 from stargan.training import v1_step
 from stargan.training.nets import build_v1
-from stargan.training.checkpoint import TrainState, capture_rng, restore_rng
+from stargan.training.checkpoint import CheckpointError, TrainState, capture_rng, restore_rng
+from stargan.training.init_from import load_net, load_optimizer
 from stargan.training.distributed import broadcast_module, make_sync_grads
 from stargan.training.labels import LabelLayout
+from stargan.storage import join
 from stargan.visualize import grid
 
 SAMPLE_ROWS = 4     # fixed validation inputs per dataset in the sample grids
@@ -25,7 +28,7 @@ SAMPLE_ROWS = 4     # fixed validation inputs per dataset in the sample grids
 
 def fixed_inputs(shard_dir, image_size: int, n: int) -> dict:
     """The first ``n`` held-out images (val, else test, else train) in a stable order."""
-    manifest = verify_shards(shard_dir)
+    manifest = verify(shard_dir)
     for split in ("val", "test", "train"):
         if split_entries(manifest, split):
             return next(iter_split(shard_dir, split, n, image_size))
@@ -36,8 +39,8 @@ class V1Trainer:
     def __init__(self, cfg: Config, ctx):
         t = cfg.train
         self.cfg, self.ctx = cfg, ctx
-        self.dirs = [ctx.shard_root / name for name in t.datasets]
-        manifests = [verify_shards(d) for d in self.dirs]
+        self.dirs = [join(ctx.shard_root, name) for name in t.datasets]
+        manifests = [verify(d) for d in self.dirs]
         self.layout = LabelLayout([(name, m["label_names"], m["label_kind"]) for name, m in zip(t.datasets, manifests)])
         self.nets, self.optims = build_v1(t, self.layout, ctx.device)
         broadcast_module(self.nets.G)
@@ -84,6 +87,34 @@ class V1Trainer:
         self.optims.g.load_state_dict(state.optims["g"])
         self.optims.d.load_state_dict(state.optims["d"])
         restore_rng({"step": self.gen}, state.rng)
+
+    def init(self, state: TrainState) -> list[str]:
+        """Start from ``train.init_from`` (:mod:`stargan.training.init_from`); returns what came from
+        the file and what starts fresh, for the run's log."""
+        path = self.cfg.train.init_from
+        theirs = LabelLayout.from_dict(state.extra["layout"])
+        if (theirs.c_dim, theirs.cls_dim) != (self.layout.c_dim, self.layout.cls_dim):
+            raise CheckpointError(f"train.init_from: {path}: its labels ({', '.join(theirs.all_target_names())}) "
+                                  f"do not fit the training data's ({', '.join(self.layout.all_target_names())}): "
+                                  f"label size {theirs.c_dim} vs {self.layout.c_dim}; train on as many labels in the "
+                                  "same order (data.datasets.<name>.attributes)")
+        load_net(self.nets.G, state.nets["G"], "G", path)
+        loaded, fresh = ["G"], []
+        if self.nets.G_ema is not None:
+            load_net(self.nets.G_ema, state.nets.get("G_ema", state.nets["G"]), "G_ema", path)
+            loaded.append("G_ema" if "G_ema" in state.nets else "G_ema (= G)")
+        if "D" in state.nets:
+            load_net(self.nets.D, state.nets["D"], "D", path)
+            loaded.append("D")
+        else:
+            fresh.append("D")
+        for k, opt in (("g", self.optims.g), ("d", self.optims.d)):
+            if k in state.optims:
+                load_optimizer(opt, state.optims[k], k.upper(), path)
+                loaded.append(f"optimizer {k.upper()}")
+            else:
+                fresh.append(f"optimizer {k.upper()}")
+        return [f"from the checkpoint: {', '.join(loaded)}", f"fresh: {', '.join(fresh) or 'nothing'}"]
 
     @torch.no_grad()
     def sample_grid(self) -> np.ndarray:

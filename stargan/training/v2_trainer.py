@@ -9,9 +9,11 @@ from stargan.config import Config
 from stargan.data.loader import make_loader, train_stream
 from stargan.training.nets import build_v2
 from stargan.training import v2_step
-from stargan.training.checkpoint import TrainState, capture_rng, restore_rng
+from stargan.training.checkpoint import CheckpointError, TrainState, capture_rng, restore_rng
+from stargan.training.init_from import load_net, load_optimizer
 from stargan.training.distributed import broadcast_module, make_sync_grads
 from stargan.training.v1_trainer import SAMPLE_ROWS, fixed_inputs
+from stargan.storage import join
 from stargan.visualize import grid
 
 LATENT_STYLES = 2   # styles per target domain in the sample grid
@@ -21,7 +23,7 @@ class V2Trainer:
     def __init__(self, cfg: Config, ctx):
         t = cfg.train
         self.cfg, self.ctx = cfg, ctx
-        self.dir = ctx.shard_root / t.datasets[0]
+        self.dir = join(ctx.shard_root, t.datasets[0])
         self.stream = train_stream(self.dir, t, rank=ctx.rank, world_size=ctx.world_size)
         self.domains = self.stream.domains
         self.nets, self.optims = build_v2(t, self.domains.num_domains, ctx.device)
@@ -59,6 +61,38 @@ class V2Trainer:
         for k in ("G", "F", "E", "D"):
             getattr(self.optims, k).load_state_dict(state.optims[k])
         restore_rng({"step": self.gen}, state.rng)
+
+    def init(self, state: TrainState) -> list[str]:
+        """Start from ``train.init_from`` (:mod:`stargan.training.init_from`); returns what came from
+        the file and what starts fresh, for the run's log."""
+        path = self.cfg.train.init_from
+        theirs = list(state.extra.get("domains") or state.extra.get("label_names") or [])
+        if len(theirs) != self.domains.num_domains:
+            raise CheckpointError(f"train.init_from: {path}: its networks have {len(theirs)} domains "
+                                  f"({', '.join(theirs)}), the training data {self.domains.num_domains} "
+                                  f"({', '.join(self.domains.names)}); train on as many domains in the same order "
+                                  "(train.v2.domains picks and orders them)")
+        loaded, fresh = [], []
+        for k in ("G", "F", "E"):
+            ema = state.nets[f"{k}_ema"]
+            load_net(getattr(self.nets, f"{k}_ema"), ema, f"{k}_ema", path)
+            load_net(getattr(self.nets, k), state.nets.get(k, ema), k, path)
+            loaded.append(f"{k}_ema")
+            loaded.append(k if k in state.nets else f"{k} (= {k}_ema)")
+        if "D" in state.nets:
+            load_net(self.nets.D, state.nets["D"], "D", path)
+            loaded.append("D")
+        else:
+            fresh.append("D")
+        for k in ("G", "F", "E", "D"):
+            if k in state.optims:
+                load_optimizer(getattr(self.optims, k), state.optims[k], k, path)
+                loaded.append(f"optimizer {k}")
+            else:
+                fresh.append(f"optimizer {k}")
+        pairs = ", ".join(f"{a} -> {b}" for a, b in zip(theirs, self.domains.names))
+        return [f"from the checkpoint: {', '.join(loaded)}", f"fresh: {', '.join(fresh) or 'nothing'}",
+                f"domains (checkpoint -> data): {pairs}"]
 
     @torch.no_grad()
     def sample_grid(self) -> np.ndarray:

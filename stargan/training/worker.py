@@ -21,8 +21,9 @@ import torch
 from stargan.config import TUNED, Config, ConfigError, tuned_keys
 from stargan.progress import Progress
 from stargan.training.checkpoint import TrainState, check_compatible
-from stargan.training.distributed import all_reduce_mean
+from stargan.training.distributed import all_reduce_mean, gather_rng, own_rng
 from stargan.training.errors import NonFiniteLossError
+from stargan.training.init_from import load_init_state
 
 
 class Trainer(Protocol):
@@ -31,6 +32,7 @@ class Trainer(Protocol):
     def train_step(self, step: int) -> dict[str, float]: ...
     def state(self, step: int) -> TrainState: ...
     def load(self, state: TrainState) -> None: ...
+    def init(self, state: TrainState) -> list[str]: ...
     def sample_grid(self) -> np.ndarray: ...
 
 
@@ -39,7 +41,7 @@ class WorkerContext:
     rank: int
     world_size: int
     device: torch.device
-    shard_root: Path                 # data/shards (absolute)
+    shard_root: Path | str           # data/shards (absolute), or shard.uri (stargan/data/shard_source.py)
     log_path: Path | None = None     # rank 0's JSON-lines loss history
     extra: dict[str, Any] = field(default_factory=dict)   # stored in every checkpoint (e.g. mlflow run id)
     progress: bool = True            # rank 0 prints a progress line every few seconds (off in sweep trials)
@@ -89,10 +91,15 @@ def run_worker(cfg: Config, ctx: WorkerContext, hooks: Hooks, logger=None) -> Lo
     state = hooks.resume()
     if state is not None:
         check_compatible(state, cfg.to_dict())
+        state.rng = own_rng(state.rng, ctx.rank)
         trainer.load(state)
         start = state.step
         if ctx.rank == 0:
             print(f"[stargan] resuming from the checkpoint at step {start}", flush=True)
+    elif t.init_from:
+        said = trainer.init(load_init_state(cfg))
+        if ctx.rank == 0:
+            print(f"[stargan] starting from train.init_from={t.init_from} at step 0: {'; '.join(said)}", flush=True)
     if ctx.rank == 0:
         _truncate_log(ctx.log_path, start)
 
@@ -129,6 +136,7 @@ def run_worker(cfg: Config, ctx: WorkerContext, hooks: Hooks, logger=None) -> Lo
             logger.log_image(trainer.sample_grid(), f"samples/{done:06d}.png")
         if done % t.checkpoint_every == 0 or done == t.num_iters:
             st = trainer.state(done)
+            st.rng = gather_rng(st.rng)          # each rank resumes its own random stream
             st.extra.update(ctx.extra)
             hooks.report({"step": float(done), **last}, st)
             if ctx.rank == 0 and logger is not None:

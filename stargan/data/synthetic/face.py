@@ -62,6 +62,8 @@ class FaceParams:
     young: bool
     eyeglasses: bool
     expression: str                     # one of RAFD_EXPRESSIONS
+    # how the in-the-wild canvas looks (not a label): random shapes and sensor noise, or a clean gradient
+    clutter: bool = True
 
     def __post_init__(self):
         if self.hair not in HAIR_COLOURS:
@@ -79,7 +81,8 @@ class FaceParams:
     def from_dict(cls, d: dict[str, Any]) -> "FaceParams":
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
-        missing = sorted(names - set(d))
+        defaulted = {f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+        missing = sorted(names - set(d) - defaulted)      # rows written before a defaulted field existed
         if unknown or missing:
             raise ValueError(f"FaceParams.from_dict: unknown keys {unknown}, missing keys {missing}")
         return cls(**{k: tuple(int(c) for c in v) if isinstance(v, list) else v for k, v in d.items()})
@@ -129,8 +132,8 @@ def sample_traits(rng: np.random.Generator) -> dict[str, Any]:
         clothes=tuple(int(c) for c in rng.integers(20, 236, 3)))
 
 
-def sample_wild_pose(rng: np.random.Generator) -> dict[str, Any]:
-    """An in-the-wild pose: random scale, rotation and placement, and a clutter seed."""
+def sample_wild_pose(rng: np.random.Generator, clutter: bool = True) -> dict[str, Any]:
+    """An in-the-wild pose: random scale, rotation and placement, and a background seed."""
     scale = rng.uniform(0.2, 0.3)
     angle = rng.uniform(-22.0, 22.0)
     # place the face centre (about 0.3 units below the eyes) near the canvas centre
@@ -138,7 +141,7 @@ def sample_wild_pose(rng: np.random.Generator) -> dict[str, Any]:
     a = math.radians(angle)
     x, y = cx + math.sin(a) * 0.3 * scale, cy - math.cos(a) * 0.3 * scale
     return dict(x=_r(x), y=_r(y), scale=_r(scale), angle=_r(angle),
-                background_seed=int(rng.integers(2**31 - 1)), studio=False)
+                background_seed=int(rng.integers(2**31 - 1)), studio=False, clutter=bool(clutter))
 
 
 def studio_pose(background_seed: int = 0) -> dict[str, Any]:

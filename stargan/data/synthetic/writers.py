@@ -63,7 +63,7 @@ def _celeba_faces(cfg: SyntheticConfig) -> list[tuple[FaceParams, int]]:
         who = people[ident]
         hair = who["hair"] if rng.random() < 0.7 else HAIR_COLOURS[int(rng.integers(3))]
         young = who["young"] if rng.random() < 0.85 else not who["young"]
-        p = FaceParams(identity=int(ident) + 1, **who["traits"], **sample_wild_pose(rng), hair=hair,
+        p = FaceParams(identity=int(ident) + 1, **who["traits"], **sample_wild_pose(rng, cfg.clutter), hair=hair,
                        male=who["male"], young=young, eyeglasses=bool(rng.random() < who["glasses"]),
                        expression="happy" if rng.random() < 0.45 else "neutral")
         faces.append((p, int(part[ident])))

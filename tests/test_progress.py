@@ -1,0 +1,40 @@
+"""The progress line every long stage prints: step/total, rate, ETA, at most every few seconds."""
+from __future__ import annotations
+
+import io
+
+from stargan.progress import Progress, duration
+
+
+def test_lines_are_rate_limited_and_the_last_always_printed(monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr("stargan.progress.time.monotonic", lambda: now[0])
+    out = io.StringIO()
+    p = Progress("[classifier] celeba", 10, "steps", every_s=2.0, stream=out, start=0)
+    seen = []
+    for step in range(1, 11):
+        now[0] += 0.5                                    # 2 steps/s
+        seen.append(p.due(step))
+        if seen[-1]:
+            p.update(step, f"loss {1.0 / step:.2f}")
+    lines = out.getvalue().splitlines()
+    assert seen == [False, False, False, True, False, False, False, True, False, True]
+    assert lines[0] == "[classifier] celeba: 4/10 steps (40%), 2 steps/s, ETA 3s, loss 0.25"
+    assert lines[-1] == "[classifier] celeba: 10/10 steps (100%), 2 steps/s, loss 0.10"   # no ETA when done
+    assert len(lines) == 3
+
+
+def test_without_a_start_the_rate_counts_from_the_first_update(monkeypatch):
+    """A resumed download (or training run): what was done before this process is not its rate."""
+    now = [0.0]
+    monkeypatch.setattr("stargan.progress.time.monotonic", lambda: now[0])
+    out = io.StringIO()
+    p = Progress("[train] step", 1000, "steps", every_s=0.0, stream=out)
+    p.update(500)
+    now[0] = 10.0
+    p.update(600)
+    assert out.getvalue().splitlines()[-1] == "[train] step: 600/1000 steps (60%), 10 steps/s, ETA 40s"
+
+
+def test_duration():
+    assert [duration(s) for s in (42, 185, 7620)] == ["42s", "3m05s", "2h07m"]
