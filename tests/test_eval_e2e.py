@@ -82,8 +82,7 @@ def test_v1_train_classifier_evaluate_stages_offline(tmp_path):
     head = json.loads((root / "metrics" / "headline.json").read_text())
     assert head["accuracy"] == pytest.approx(acc["mean"], abs=1e-4) and "fid" not in head
     assert head["beats_input"] == pytest.approx(cf["fraction_beating_identity"], abs=1e-4)
-    assert set(head) == {"accuracy", "worst_accuracy", "judge", "beats_input", "l1_gain", "kept_l1", "kept_ratio",
-                         "cycle_l1", "fid_cls"}
+    assert set(head) == {"accuracy", "worst_accuracy", "judge", "beats_input", "l1_gain", "kept_ratio", "fid_cls"}
     per_target = [float(r["accuracy"]) for r in rows]
     assert head["worst_accuracy"] == pytest.approx(min(per_target), abs=1e-4)
     assert head["kept_ratio"] == pytest.approx(cf["kept_l1"] / cf["identity_l1"], abs=1e-3)

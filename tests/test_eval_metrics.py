@@ -146,3 +146,22 @@ def test_quick_objective_is_cheap_and_complete(root):
     assert out["objective"] == out["counterfactual_l1"] > 0
     assert "target_accuracy" in out["unavailable"]
     assert out["seconds"] < 30
+
+
+def test_headline_is_seven_numbers_and_real_fid_replaces_the_stand_in():
+    """`dvc metrics show` must fit a 120-column terminal: the headline keeps seven columns, and
+    the classifier-feature FID appears only when the Inception FID could not run."""
+    from stargan.evaluation.report import headline
+
+    report = {"target_accuracy": {"mean": 0.5, "celeba/Male": 0.25, "celeba/mean": 0.5, "rafd/happy": 0.75,
+                                  "real/celeba": 1.0, "real/rafd": 0.5},
+              "counterfactual": {"fraction_beating_identity": 0.1, "l1_gain": -0.05, "kept_l1": 0.08,
+                                 "identity_l1": 0.04},
+              "cycle": {"l1": 0.08}, "fid_classifier_features": {"mean": 79.6}}
+    head = headline(report)
+    assert head == {"accuracy": 0.5, "worst_accuracy": 0.25, "judge": 0.75, "beats_input": 0.1,
+                    "l1_gain": -0.05, "kept_ratio": 2.0, "fid_cls": 79.6}
+    with_fid = headline({**report, "fid": {"mean": 123.4567}})
+    assert with_fid["fid"] == 123.4567 and "fid_cls" not in with_fid and len(with_fid) == 7
+    header = "  ".join(["metrics/headline.json", *(f"{k:<{max(len(k), 8)}}" for k in with_fid)])
+    assert len(header) <= 120, header
