@@ -47,14 +47,36 @@ def cmd_bench_data(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_train(args: argparse.Namespace) -> int:
+    from stargan.bench.runners import V2_DOMAINS, ShardData
     from stargan.bench.train import bench_train, table
+    from stargan.models.ops import use_compile_cache
 
     variants = args.variants.split(",") if args.variants else (["eager", "fast"] if args.compare_eager else ["fast"])
     out = Path(args.out) if args.out else Path(f"benchmarks/results/train-{args.model}.json")
+    use_compile_cache(args.compile_cache)
+    data = None
+    if args.shards:
+        domains = tuple(args.domains.split(",")) if args.domains else tuple(V2_DOMAINS)
+        data = ShardData(Path(args.shards), args.loader_workers, domains)
+    profile_out = Path(args.profile) if args.profile else None
     result = bench_train(args.model, image_size=args.image_size, batch_size=args.batch_size, iters=args.iters,
-                         warmup=args.warmup, variants=variants, device=args.device, out=out)
+                         warmup=args.warmup, variants=variants, device=args.device, out=out, data=data,
+                         profile_iters=args.profile_iters if profile_out else 0, profile_out=profile_out,
+                         official_src=Path(args.official_src) if args.official_src else None)
     print(table(result))
-    print(f"-> {out}")
+    print(f"-> {out}" + (f", kernel profile -> {profile_out}" if profile_out else ""))
+    return 0
+
+
+def cmd_bench_parity(args: argparse.Namespace) -> int:
+    from stargan.bench.parity import v1_parity
+    from stargan.models.ops import use_compile_cache
+
+    use_compile_cache(args.compile_cache)
+    summary = v1_parity(Path(args.shards), Path(args.out), iters=args.iters, variants=args.variants.split(","),
+                        image_size=args.image_size, batch_size=args.batch_size, loader_workers=args.loader_workers,
+                        device=args.device)
+    print(json.dumps(summary, indent=2))
     return 0
 
 
@@ -331,14 +353,37 @@ def build_parser() -> argparse.ArgumentParser:
     bt = bsub.add_parser("train", help="GPU training-step throughput at the papers' settings (JSON)")
     bt.add_argument("--model", choices=("v1", "v2"), required=True)
     bt.add_argument("--compare-eager", action="store_true", help="also time plain fp32 eager in the same run")
-    bt.add_argument("--variants", default=None, help="comma list of stargan.bench.train.VARIANTS (overrides the above)")
+    bt.add_argument("--variants", default=None, help="comma list of stargan.bench.train.VARIANTS and/or 'official' "
+                                                     "(the official code, after benchmarks/official/fetch.sh)")
     bt.add_argument("--image-size", type=int, default=None, help="default: 128 (v1), 256 (v2)")
     bt.add_argument("--batch-size", type=int, default=None, help="default: 16 (v1), 8 (v2)")
     bt.add_argument("--iters", type=int, default=None, help="timed iterations (default: 200 v1, 30 v2)")
     bt.add_argument("--warmup", type=int, default=None)
     bt.add_argument("--device", default=None)
     bt.add_argument("--out", default=None, help="default: benchmarks/results/train-<model>.json")
+    bt.add_argument("--shards", default=None, help="data included: a shard folder (manifest.json + parquet) read "
+                                                   "through the training loader instead of random device tensors")
+    bt.add_argument("--loader-workers", type=int, default=4, help="with --shards: DataLoader worker processes")
+    bt.add_argument("--domains", default=None, help="with --shards, v2: comma list of domains "
+                                                    "(default Black_Hair,Blond_Hair,Brown_Hair)")
+    bt.add_argument("--profile", default=None, help="after timing, profile every variant (torch.profiler) and write "
+                                                    "the top kernels by self device time to this JSON file")
+    bt.add_argument("--profile-iters", type=int, default=3, help="iterations profiled per variant (whole blocks)")
+    bt.add_argument("--official-src", default=None, help="folder fetch.sh wrote (default benchmarks/official/src)")
+    bt.add_argument("--compile-cache", default=None, help="inductor's on-disk cache folder (TORCHINDUCTOR_CACHE_DIR; "
+                                                          "the environment variable wins)")
     bt.set_defaults(func=cmd_bench_train)
+    bp = bsub.add_parser("parity", help="v1 eager vs fast-path training on the same shards: per-step losses (CSV)")
+    bp.add_argument("--shards", required=True, help="a v1 shard folder (manifest.json + parquet)")
+    bp.add_argument("--out", default="benchmarks/results/parity-v1.csv", help="CSV; a .json summary beside it")
+    bp.add_argument("--iters", type=int, default=2000)
+    bp.add_argument("--variants", default="eager,fast_graphs", help="comma list of stargan.bench.train.VARIANTS")
+    bp.add_argument("--image-size", type=int, default=128)
+    bp.add_argument("--batch-size", type=int, default=16)
+    bp.add_argument("--loader-workers", type=int, default=4)
+    bp.add_argument("--device", default=None)
+    bp.add_argument("--compile-cache", default=None, help="inductor's on-disk cache folder")
+    bp.set_defaults(func=cmd_bench_parity)
     return p
 
 

@@ -159,6 +159,9 @@ class V1Config:
     ema_beta: float = knob(0.0, lo=0, hi=0.99999, doc="EMA of G's weights: 0 = off (the paper); > 0 keeps "
                                                      "G_ema (updated after each G step), which sampling, "
                                                      "evaluation and export then use")
+    residual: bool = knob(False, doc="G adds a learned change to its input and starts as the identity "
+                                     "(last conv zero-initialised); false = the paper's G, which draws "
+                                     "the whole image")
 
 
 @dataclass
@@ -233,6 +236,15 @@ class TrainConfig:
     fast_ops: bool = knob(False, doc="layout-keeping instance norm/AdaIN, reshape-mean 2x2 pooling, fused Adam, "
                                      "batched passes where the maths allows (see benchmarks/README.md)")
     compile: bool = knob(False, doc="torch.compile the passes that need no double backward (G; v2 also F, E, D on fakes)")
+    compile_blocks: bool = knob(False, doc="regional compile instead of compile: torch.compile each residual block "
+                                           "of G (v2: and E), one compiled graph per block shape reused by every "
+                                           "block of that shape, so warm-up compiles a few blocks, not whole nets; "
+                                           "D stays eager (its penalty needs a double backward). Not with compile")
+    cuda_graphs: bool = knob(False, doc="v1: run the D step and the G step from static buffers, each captured once "
+                                        "as a CUDA graph and replayed (fused capturable Adam, LR as a device "
+                                        "tensor, NaN guard on the device: a non-finite step updates no weights "
+                                        "and is reported); on a CPU device or several workers it runs the same "
+                                        "static step uncaptured, with one log line (stargan/training/v1_graph.py)")
     v1: V1Config = field(default_factory=V1Config)
     v2: V2Config = field(default_factory=V2Config)
     ray: RayConfig = field(default_factory=RayConfig)
@@ -446,6 +458,11 @@ def _cross_checks(cfg: Config) -> None:
             raise ConfigError(f"train.datasets: '{name}' is not a dataset; defined in data.datasets: "
                               f"{', '.join(cfg.data.datasets) or '(none)'}")
     _check_image_size(cfg.train)
+    if cfg.train.compile and cfg.train.compile_blocks:
+        raise ConfigError("train.compile_blocks: regional compilation replaces train.compile; set one of them")
+    if cfg.train.cuda_graphs and cfg.train.model != "v1":
+        raise ConfigError("train.cuda_graphs: the CUDA-graph step is built for StarGAN v1 only (v2 is GPU-bound, "
+                          "not launch-bound); set it false for train.model: v2")
     if cfg.train.model == "v2" and len(cfg.train.datasets) > 1:
         raise ConfigError("train.datasets: StarGAN v2 trains on one dataset; the mask vector "
                           "(joint training) is a v1 feature. Keep one dataset or set train.model: v1")

@@ -18,7 +18,7 @@ from stargan.evaluation.tasks import EvalContext, ground_truth
 from stargan.inference import V1Model
 from stargan.training.labels import LabelLayout
 from stargan.training.nets import build_v1
-from tiny_project import build_data
+from tiny_project import build_data, draw_untrained_change
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +34,7 @@ def _model(root: Path, overrides=()) -> V1Model:
         specs.append((ds, m["label_names"], m["label_kind"]))
     layout = LabelLayout(specs)
     nets, _ = build_v1(cfg.train, layout)
+    draw_untrained_change(nets.G)
     return V1Model(G=nets.G.eval().requires_grad_(False), layout=layout, config=cfg, step=0)
 
 

@@ -15,7 +15,7 @@ from stargan.config import config_from_dict
 from stargan.export import ExportError, export_model, graphs_for, load_exported
 from stargan.inference import load_model
 from stargan.training.checkpoint import TrainState, save_state
-from tiny_project import REPO, TINY, env, merge
+from tiny_project import REPO, TINY, draw_untrained_change, env, merge
 
 V2_DOMAINS = ["Black_Hair", "Blond_Hair", "Brown_Hair"]
 CELEBA = ["Black_Hair", "Blond_Hair", "Brown_Hair", "Male", "Young"]
@@ -39,6 +39,7 @@ def make_checkpoint(root: Path, kind: str, seed: int = 0) -> Path:
         rafd = list(params["data"]["datasets"]["rafd"]["attributes"])
         layout = LabelLayout([("celeba", CELEBA, "multi"), ("rafd", rafd, "onehot")])
         nets, _ = build_v1(cfg.train, layout, torch.device("cpu"))
+        draw_untrained_change(nets.G)
         state = TrainState(step=1, model="v1", config=cfg.to_dict(), nets={"G": nets.G.state_dict()},
                            extra={"layout": layout.to_dict()})
     else:

@@ -32,6 +32,24 @@ def test_generator_shape_range_and_label_conditioning():
         G(x, torch.zeros(2, 4))
 
 
+def test_residual_generator_starts_as_the_identity_and_learns_only_a_bounded_change():
+    torch.manual_seed(0)
+    G = Generator(conv_dim=8, c_dim=5, repeat_num=2, residual=True)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    c = torch.tensor([[1., 0, 0, 1, 0]] * 2)
+    assert torch.equal(G(x, c), x)                      # zero-initialised last conv: x + 0
+    assert count_parameters(G) == count_parameters(Generator(8, 5, 2))   # same weights as the paper's G
+    opt = torch.optim.SGD(G.parameters(), lr=1.0)
+    target = torch.ones_like(x)
+    for _ in range(3):                                   # gradients reach the zero conv, then everything
+        opt.zero_grad()
+        (G(x, c) - target).abs().mean().backward()
+        opt.step()
+    y = G(x, c)
+    assert not torch.equal(y, x) and y.min() >= -1 and y.max() <= 1
+    assert (y - target).abs().mean() < (x - target).abs().mean()
+
+
 def test_norms_use_instance_statistics_in_eval_mode_too():
     torch.manual_seed(0)
     G = Generator(conv_dim=4, c_dim=3, repeat_num=1)

@@ -247,3 +247,17 @@ def test_training_with_an_unreachable_tracking_server_finishes_and_keeps_the_his
     assert up.returncode == 0, up.stderr[-3000:]
     run_id = json.loads(up.stdout)["mlflow_run_id"]
     assert [m.step for m in MlflowClient(db).get_metric_history(run_id, "D/loss")] == [2, 4, 6]
+
+
+def test_a_checkpoint_from_before_the_residual_knob_reads_as_the_papers_generator():
+    from stargan.config import Config
+    from stargan.training.checkpoint import check_compatible
+
+    old = Config().to_dict()
+    del old["train"]["v1"]["residual"]                  # written before train.v1.residual existed
+    state = TrainState(step=10, model="v1", config=old, nets={})
+    check_compatible(state, Config().to_dict())         # the paper's G: compatible
+    residual = Config().to_dict()
+    residual["train"]["v1"]["residual"] = True
+    with pytest.raises(CheckpointError, match=r"train.v1.residual: checkpoint has False, params have True"):
+        check_compatible(state, residual)

@@ -62,3 +62,13 @@ def build_data(root: Path, overrides: dict | None = None) -> Path:
     for stage in ("download", "align", "shard"):
         run_stage(root, stage)
     return root
+
+
+def draw_untrained_change(G) -> None:
+    """An untrained residual v1 G (``train.v1.residual``, the shipped default) is exactly the identity:
+    its last conv starts at zero. Tests of *untrained* nets that need a real image-to-image map
+    (export parity, cycle error) redraw that conv with torch's default conv init."""
+    import torch
+
+    last = [m for m in G.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    last.reset_parameters()

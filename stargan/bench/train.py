@@ -16,6 +16,11 @@ run in one process, each on freshly built nets from the same seed:
   matmuls, forward, backward and double backward), which every variant performs too;
 - ``speedup`` of each variant over ``eager`` (plain fp32, NCHW, stock ops, no compile) is the
   figure to quote: both measured in the same run on the same machine.
+
+Also in the same run, when asked: ``official`` (the official code's iteration on the same batches,
+:mod:`stargan.bench.official`), real data instead of random tensors (``shards``:
+:class:`stargan.bench.runners.ShardData`), and a kernel profile of every variant after its timing
+(``profile_iters``: :mod:`stargan.bench.profile`).
 """
 from __future__ import annotations
 
@@ -30,9 +35,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from stargan.bench.runners import ShardData, v1_runner, v2_runner
 from stargan.config import TrainConfig, V1Config, V2Config
-
-CELEBA_ATTRS = ["Black_Hair", "Blond_Hair", "Brown_Hair", "Male", "Young"]
 
 # Knob sets, cumulative from plain fp32 eager to the full fast path.
 VARIANTS: dict[str, dict[str, bool]] = {
@@ -46,7 +50,16 @@ VARIANTS: dict[str, dict[str, bool]] = {
     "fast_no_compile": {"tf32": True, "amp_bf16": True, "channels_last": True, "fast_ops": True},
     "fast_fp32": {"tf32": True, "channels_last": True, "fast_ops": True, "compile": True},
     "fast_no_ops": {"tf32": True, "amp_bf16": True, "channels_last": True, "compile": True},
+    # round two: v1 CUDA graphs of the whole D and G steps; v2 regional compilation
+    "graphs": {"tf32": True, "amp_bf16": True, "channels_last": True, "fast_ops": True, "cuda_graphs": True},
+    "fast_graphs": {"tf32": True, "amp_bf16": True, "channels_last": True, "fast_ops": True, "compile": True,
+                    "cuda_graphs": True},
+    "fp32_graphs": {"cuda_graphs": True},
+    "blocks": {"tf32": True, "amp_bf16": True, "channels_last": True, "fast_ops": True, "compile_blocks": True},
+    "fp32_blocks": {"compile_blocks": True},
 }
+#: Not a knob set: the official code's iteration (stargan/bench/official.py) on the same batches.
+OFFICIAL_VARIANT = "official"
 
 # Reported in the issue (official code, one H100, torch 2.11, cuDNN benchmark, fp32): not measured here.
 OFFICIAL = {
@@ -72,51 +85,6 @@ def _reset_backends(device: torch.device) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def _v1_runner(cfg: TrainConfig, device: torch.device, n_batches: int = 4) -> tuple[Callable[[int], dict], int]:
-    from stargan.training import v1_step
-    from stargan.training.labels import LabelLayout
-    from stargan.training.nets import build_v1
-
-    layout = LabelLayout([("celeba", CELEBA_ATTRS, "multi")])
-    nets, optims = build_v1(cfg, layout, device)
-    g = torch.Generator().manual_seed(123)
-    size, b = cfg.image_size, cfg.batch_size
-    batches = [{"image": (torch.rand(b, 3, size, size, generator=g) * 2 - 1).to(device),
-                "label": torch.randint(0, 2, (b, len(CELEBA_ATTRS)), generator=g).float().to(device)}
-               for _ in range(n_batches)]
-    gen = torch.Generator().manual_seed(7919)
-
-    def step(i: int) -> dict:
-        return v1_step.train_step(nets, optims, batches[i % n_batches], cfg, i, layout, 0, generator=gen)
-
-    return step, cfg.v1.n_critic
-
-
-def _v2_runner(cfg: TrainConfig, device: torch.device, num_domains: int = 3, n_batches: int = 4
-               ) -> tuple[Callable[[int], dict], int]:
-    from stargan.training.nets import build_v2
-    from stargan.training import v2_step
-
-    nets, optims = build_v2(cfg, num_domains, device)
-    g = torch.Generator().manual_seed(123)
-    size, b = cfg.image_size, cfg.batch_size
-
-    def img() -> torch.Tensor:
-        return (torch.rand(b, 3, size, size, generator=g) * 2 - 1).to(device)
-
-    batches = []
-    for _ in range(n_batches):
-        y_ref = torch.randint(0, num_domains, (b,), generator=g).to(device)
-        batches.append({"x_src": img(), "y_src": torch.randint(0, num_domains, (b,), generator=g).to(device),
-                        "x_ref": img(), "x_ref2": img(), "y_ref": y_ref})
-    gen = torch.Generator().manual_seed(7919)
-
-    def step(i: int) -> dict:
-        return v2_step.train_step(nets, optims, batches[i % n_batches], cfg, i, generator=gen)
-
-    return step, 1
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -136,8 +104,10 @@ def _environment(device: torch.device) -> dict:
 
 
 def run_variant(model: str, name: str, knobs: dict[str, bool], *, image_size: int, batch_size: int,
-                iters: int, warmup: int, device: torch.device, count_flops: bool = False) -> dict:
-    """Build, warm up and time one variant; optionally count the FLOPs of one block (eager only)."""
+                iters: int, warmup: int, device: torch.device, count_flops: bool = False,
+                data: ShardData | None = None, profile_iters: int = 0, official_src: Path | None = None) -> dict:
+    """Build, warm up and time one variant; optionally count the FLOPs of one block (eager only) and
+    profile ``profile_iters`` more iterations (rounded up to whole blocks)."""
     from stargan.flops import count_flops as _count
 
     _reset_backends(device)
@@ -146,8 +116,14 @@ def run_variant(model: str, name: str, knobs: dict[str, bool], *, image_size: in
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
-    runner = _v1_runner if model == "v1" else _v2_runner
-    step, block = runner(cfg, device)
+    if name == OFFICIAL_VARIANT:
+        from stargan.bench import official
+
+        if data is not None:
+            raise ValueError("the official variant runs on random device-resident batches only (no --shards)")
+        step, block = official.runner(model, cfg, device, official_src or official.DEFAULT_SRC)
+    else:
+        step, block = (v1_runner if model == "v1" else v2_runner)(cfg, device, data)
     first = step(0)
     i = 1
     while i < max(warmup, 2 * block):
@@ -167,37 +143,52 @@ def run_variant(model: str, name: str, knobs: dict[str, bool], *, image_size: in
     n_blocks = max(1, iters // block)
     times = []
     i = i - i % block + block if i % block else i
+    last: dict = {}
     for _ in range(n_blocks):
         _sync(device)
         t = time.perf_counter()
         for _ in range(block):
-            step(i)
+            last = step(i) or last
             i += 1
         _sync(device)
         times.append((time.perf_counter() - t) / block)
     ms = 1e3 * statistics.median(times)
-    out.update({"timed_iters": n_blocks * block, "ms_per_iter": round(ms, 3),
+    out.update({"last_step": last, "timed_iters": n_blocks * block, "ms_per_iter": round(ms, 3),
                 "ms_per_iter_p10": round(1e3 * sorted(times)[len(times) // 10], 3),
                 "ms_per_iter_p90": round(1e3 * sorted(times)[(9 * len(times)) // 10], 3),
                 "images_per_s": round(batch_size / (ms / 1e3), 1)})
     if device.type == "cuda":
         out["peak_allocated_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
         out["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved(device) / 2**30, 2)
+    if profile_iters:
+        from stargan.bench.profile import profile_iterations
+
+        out["profile"] = profile_iterations(step, i, -(-profile_iters // block) * block, device)
     del step
     gc.collect()
-    if knobs.get("compile"):
+    if knobs.get("compile") or knobs.get("compile_blocks"):
         torch._dynamo.reset()
     return out
 
 
 def bench_train(model: str, *, image_size: int | None = None, batch_size: int | None = None, iters: int | None = None,
                 warmup: int | None = None, variants: Sequence[str] = ("eager", "fast"),
-                device: str | None = None, out: Path | None = None, log: Callable[[str], None] = print) -> dict:
+                device: str | None = None, out: Path | None = None, log: Callable[[str], None] = print,
+                data: ShardData | None = None, profile_iters: int = 0, official_src: Path | None = None,
+                profile_out: Path | None = None) -> dict:
+    """Time ``variants`` (names of :data:`VARIANTS`, or ``official``) of ``model`` in this process.
+
+    ``data``: real shards instead of random device-resident batches; ``profile_iters``: profile that
+    many iterations of every variant after its timing, the tables also written to ``profile_out``."""
     if model not in ("v1", "v2"):
         raise ValueError(f"model {model!r}; expected v1 or v2")
-    unknown = [v for v in variants if v not in VARIANTS]
+    unknown = [v for v in variants if v not in VARIANTS and v != OFFICIAL_VARIANT]
     if unknown:
-        raise ValueError(f"unknown variants {unknown}; known: {sorted(VARIANTS)}")
+        raise ValueError(f"unknown variants {unknown}; known: {sorted(VARIANTS) + [OFFICIAL_VARIANT]}")
+    if OFFICIAL_VARIANT in variants:            # fail before anything is timed, naming fetch.sh
+        from stargan.bench.official import DEFAULT_SRC, require
+
+        require(official_src or DEFAULT_SRC, model)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     image_size = image_size or (128 if model == "v1" else 256)
     batch_size = batch_size or (16 if model == "v1" else 8)
@@ -206,7 +197,8 @@ def bench_train(model: str, *, image_size: int | None = None, batch_size: int | 
     from stargan.flops import v1_forward_gflops, v2_forward_gflops
 
     result: dict = {
-        "benchmark": "train_step throughput on random device-resident data",
+        "benchmark": ("train_step throughput on random device-resident data" if data is None else
+                      "train_step throughput with data included: " + data.describe()),
         "model": model, "image_size": image_size, "batch_size": batch_size,
         "settings": ("v1: CelebA 5 attributes, conv_dim 64, G repeat 6, D repeat 6, n_critic 5, λ_gp 10"
                      if model == "v1" else "v2: 3 domains, w_hpf 0, style 64, latent 16, max_conv_dim 512, "
@@ -226,8 +218,9 @@ def bench_train(model: str, *, image_size: int | None = None, batch_size: int | 
     for name in order:
         log(f"[bench train] {model} {name} ...")
         try:
-            r = run_variant(model, name, VARIANTS[name], image_size=image_size, batch_size=batch_size, iters=iters,
-                            warmup=warmup, device=dev, count_flops=flops is None and name == "eager")
+            r = run_variant(model, name, VARIANTS.get(name, {}), image_size=image_size, batch_size=batch_size,
+                            iters=iters, warmup=warmup, device=dev, count_flops=flops is None and name == "eager",
+                            data=data, profile_iters=profile_iters, official_src=official_src)
         except Exception as e:  # noqa: BLE001 - record the failure, keep measuring the other variants
             result.setdefault("failed", {})[name] = f"{type(e).__name__}: {e}"[:2000]
             log(f"[bench train] {model} {name} FAILED: {type(e).__name__}: {str(e)[:500]}")
@@ -240,13 +233,20 @@ def bench_train(model: str, *, image_size: int | None = None, batch_size: int | 
             f"peak {r.get('peak_allocated_gib', float('nan'))} GiB, warm-up {r['warmup_s']} s")
         if out is not None:                    # partial results survive a timeout
             _write(out, result)
+        if profile_out is not None and "profile" in r:
+            _write_profile(profile_out, result, name, r.pop("profile"))
     if flops is None:                          # no eager variant: count a block of it anyway
         r = run_variant(model, "eager", {}, image_size=image_size, batch_size=batch_size, iters=1, warmup=1,
-                        device=dev, count_flops=True)
+                        device=dev, count_flops=True, data=data)
         flops = r["flops_per_iter"]
     result["flops_per_iter"] = flops
     result["flops_note"] = ("counted with torch.utils.flop_counter.FlopCounterMode over one block of the fp32 eager "
                             "iteration (convs/matmuls incl. backward and double backward; elementwise not counted)")
+    if OFFICIAL_VARIANT in result["variants"]:
+        result["official_note"] = ("official: the official code's iteration (stargan/bench/official.py); its TFLOP/s "
+                                   "uses the FLOPs counted on our eager iteration (the same model arithmetic; the "
+                                   "official v2 also computes weight gradients of nets it does not update, not "
+                                   "counted)")
     for r in result["variants"].values():
         r["achieved_tflops"] = round(flops / (r["ms_per_iter"] / 1e3) / 1e12, 1)
     if "eager" in result["variants"]:
@@ -260,6 +260,16 @@ def bench_train(model: str, *, image_size: int | None = None, batch_size: int | 
     if out is not None:
         _write(out, result)
     return result
+
+
+def _write_profile(path: Path, result: dict, name: str, table: dict) -> None:
+    """Add one variant's kernel table to the profile file (which names the run and the device)."""
+    doc = json.loads(path.read_text()) if path.exists() else {}
+    if doc.get("model") != result["model"] or doc.get("environment") != result["environment"]:
+        doc = {k: result[k] for k in ("model", "image_size", "batch_size", "settings", "environment", "benchmark")}
+        doc["variants"] = {}
+    doc["variants"][name] = table
+    _write(path, doc)
 
 
 def _write(path: Path, result: dict) -> None:

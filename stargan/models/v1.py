@@ -52,11 +52,18 @@ class Generator(nn.Module):
     instance norm, which would cancel it). Zero padding is deliberate: the official code notes
     that tiled-label conditioning fails with reflection padding, because instance norm removes
     a constant shift and only the zero border lets the label channels through.
+
+    ``residual=True`` (not the paper; ``train.v1.residual``) makes G predict the *change*:
+    ``clamp(x + tanh(...), -1, 1)`` with the last conv zero-initialised, so an untrained G is the
+    identity and training only has to learn what a target alters (residual images, Shen & Liu,
+    CVPR 2017). A small G on a short budget otherwise spends its updates re-learning to draw the
+    whole face and blurs what it should keep (README "Baseline figures").
     """
 
-    def __init__(self, conv_dim: int = 64, c_dim: int = 5, repeat_num: int = 6) -> None:
+    def __init__(self, conv_dim: int = 64, c_dim: int = 5, repeat_num: int = 6, residual: bool = False) -> None:
         super().__init__()
         self.c_dim = c_dim
+        self.residual = residual
         layers: list[nn.Module] = [
             nn.Conv2d(3 + c_dim, conv_dim, 7, 1, 3, bias=False), _instance_norm(conv_dim), nn.ReLU(inplace=True)]
         dim = conv_dim
@@ -70,6 +77,8 @@ class Generator(nn.Module):
             dim //= 2
         layers += [nn.Conv2d(dim, 3, 7, 1, 3, bias=False), nn.Tanh()]
         self.main = nn.Sequential(*layers)
+        if residual:
+            nn.init.zeros_(layers[-2].weight)
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         if c.dim() != 2 or c.size(1) != self.c_dim:
@@ -78,7 +87,8 @@ class Generator(nn.Module):
         h = torch.cat([x, tiled], dim=1)
         if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
             h = h.contiguous(memory_format=torch.channels_last)
-        return self.main(h)
+        out = self.main(h)
+        return (x + out).clamp(-1.0, 1.0) if self.residual else out
 
 
 class Discriminator(nn.Module):

@@ -28,8 +28,12 @@ FILENAME = "checkpoint.pt"
 # Config keys that change the networks' shapes or the meaning of their labels: a checkpoint
 # trained under other values cannot be resumed or evaluated with this config.
 ARCH_KEYS = ("train.model", "train.image_size", "train.datasets", "train.v1.g_conv_dim", "train.v1.d_conv_dim",
-             "train.v1.g_repeat_num", "train.v1.d_repeat_num", "train.v2.latent_dim", "train.v2.style_dim",
-             "train.v2.max_conv_dim", "train.v2.mapping_hidden", "train.v2.w_hpf", "train.v2.domains")
+             "train.v1.g_repeat_num", "train.v1.d_repeat_num", "train.v1.residual", "train.v2.latent_dim",
+             "train.v2.style_dim", "train.v2.max_conv_dim", "train.v2.mapping_hidden", "train.v2.w_hpf",
+             "train.v2.domains")
+#: Architecture keys added after checkpoints were already written, with the value those checkpoints
+#: were trained under: a checkpoint without the key is read as that value, not as a mismatch.
+ARCH_DEFAULTS = {"train.v1.residual": False}
 
 
 class CheckpointError(StarganError, RuntimeError):
@@ -53,7 +57,7 @@ def arch_signature(config: dict) -> dict[str, Any]:
         node: Any = config
         for part in dotted.split("."):
             node = node.get(part) if isinstance(node, dict) else None
-        out[dotted] = node
+        out[dotted] = ARCH_DEFAULTS.get(dotted) if node is None else node
     return out
 
 

@@ -9,6 +9,7 @@ import torch
 
 from stargan.config import TUNED_FILE, Config, loss_weights_summary, resolve_tuned, tuned_keys
 from stargan.data.shard_source import shard_root
+from stargan.models.ops import use_compile_cache
 from stargan.tracking import RunLogger
 from stargan.training.checkpoint import FILENAME, TrainState, load_state, save_state
 from stargan.training.errors import TrainingError
@@ -36,6 +37,8 @@ def fit_local(cfg: Config, repo_root: Path, device: str | None = None) -> LoopRe
     print(f"[stargan] loss weights: {loss_weights_summary(cfg, tuned)}", flush=True)
     out_dir = (repo_root / cfg.train.output_dir).resolve()
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if cfg.train.compile or cfg.train.compile_blocks:     # a rerun loads the compiled kernels from here
+        use_compile_cache(str(out_dir / "inductor_cache"))
     ctx = WorkerContext(rank=0, world_size=1, device=dev, shard_root=shard_root(cfg, repo_root),
                         log_path=out_dir / "history.jsonl")
     result = run_worker(cfg, ctx, LocalHooks(out_dir), RunLogger("", "", local_log=out_dir / "history.jsonl"))

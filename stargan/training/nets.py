@@ -16,9 +16,9 @@ from torch import nn
 
 from stargan.config import ConfigError, TrainConfig
 from stargan.models.fan import WING_URL, load_fan
-from stargan.models.ops import apply_backend_flags, compile_module, set_fast_ops
-from stargan.models.v1 import Discriminator as D1, Generator as G1
-from stargan.models.v2 import Discriminator, Generator, MappingNetwork, StyleEncoder, he_init
+from stargan.models.ops import apply_backend_flags, compile_blocks, compile_module, set_fast_ops
+from stargan.models.v1 import Discriminator as D1, Generator as G1, ResidualBlock
+from stargan.models.v2 import AdainResBlk, Discriminator, Generator, MappingNetwork, ResBlk, StyleEncoder, he_init
 from stargan.training.labels import LabelLayout
 
 FAN_MISSING_MSG = ("w_hpf>0 needs the FAN landmark weights (wing.ckpt); set train.v2.wing_path to the "
@@ -52,13 +52,15 @@ def build_v1(cfg: TrainConfig, layout: LabelLayout, device: torch.device | str |
     Initial weights depend on ``cfg.seed`` only (drawn from a forked RNG, so the caller's
     global RNG is left as it was). Opt-in speed knobs: ``fast_ops`` (layout-keeping instance
     norm), ``tf32`` (CUDA backend flags), ``compile`` (G only: D's gradient penalty needs a
-    double backward, which compiled graphs do not support).
+    double backward, which compiled graphs do not support), ``compile_blocks`` (G's residual
+    blocks only), ``cuda_graphs`` (fused Adam on any device, capturable on CUDA: the static step
+    of :mod:`stargan.training.v1_graph` skips a non-finite update through its ``found_inf``).
     """
     v = cfg.v1
     device = torch.device(device) if device is not None else torch.device("cpu")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        G = G1(v.g_conv_dim, layout.c_dim, v.g_repeat_num)
+        G = G1(v.g_conv_dim, layout.c_dim, v.g_repeat_num, v.residual)
         D = D1(cfg.image_size, v.d_conv_dim, layout.cls_dim, v.d_repeat_num)
     memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
     G = G.to(device=device, memory_format=memory_format)
@@ -69,7 +71,11 @@ def build_v1(cfg: TrainConfig, layout: LabelLayout, device: torch.device | str |
     apply_backend_flags(cfg.tf32, device)
     if cfg.compile:
         compile_module(G)
-    fused = {"fused": True} if device.type == "cuda" else {}
+    elif cfg.compile_blocks:
+        compile_blocks(G, (ResidualBlock,))
+    fused = {"fused": True} if device.type == "cuda" or cfg.cuda_graphs else {}
+    if cfg.cuda_graphs and device.type == "cuda":
+        fused["capturable"] = True
     g_opt = torch.optim.Adam(G.parameters(), lr=v.g_lr, betas=(v.beta1, v.beta2), **fused)
     d_opt = torch.optim.Adam(D.parameters(), lr=v.d_lr, betas=(v.beta1, v.beta2), **fused)
     return V1Nets(G, D, G_ema), V1Optims(g_opt, d_opt)
@@ -158,6 +164,9 @@ def build_v2(cfg: TrainConfig, num_domains: int, device: torch.device | str | No
         for net in (G, Fm, E):
             compile_module(net)
         nets.D_single = torch.compile(D)
+    elif cfg.compile_blocks:                  # D's blocks also serve R1's double backward: eager
+        for net in (G, E):
+            compile_blocks(net, (ResBlk, AdainResBlk))
     on_cuda = device is not None and torch.device(device).type == "cuda"
     fused = {"fused": True} if cfg.fast_ops and on_cuda else {}
 

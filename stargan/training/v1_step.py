@@ -12,6 +12,10 @@ per dataset with the same ``step``):
 The classification terms use the batch's dataset slice of D's output only (the mask vector).
 Every loss is checked before its optimizer step: a NaN/inf raises :class:`NonFiniteLossError`
 and leaves weights and optimizer state untouched. Nothing here knows Ray, MLflow or DVC.
+
+The losses of 2. and 3. are :func:`d_phase` / :func:`g_phase` (no optimizer work, no host sync), so
+the static-buffer step of ``train.cuda_graphs`` (:mod:`stargan.training.v1_graph`) computes the
+very same maths.
 """
 from __future__ import annotations
 
@@ -34,7 +38,8 @@ from stargan.training.labels import LabelLayout
 from stargan.training.nets import V1Nets, V1Optims
 from stargan.training.schedules import linear_decay_lr
 
-__all__ = ["NonFiniteLossError", "train_step", "cls_loss", "translate", "translation_grid"]
+__all__ = ["NonFiniteLossError", "train_step", "d_phase", "g_phase", "is_g_step", "frozen", "cls_loss", "translate",
+           "translation_grid"]
 
 SyncGrads = Callable[[nn.Module], None]
 
@@ -47,6 +52,57 @@ def cls_loss(layout: LabelLayout, dataset_idx: int, logits: Tensor, labels: Tens
 
 def _no_sync(module: nn.Module) -> None:
     return None
+
+
+def _amp(cfg: TrainConfig, device: torch.device, cache: bool = True) -> contextlib.AbstractContextManager:
+    """bf16 autocast when ``train.amp_bf16``. ``cache=False`` for CUDA-graph capture: autocast's
+    cache of casted weights would outlive the captured region (torch's graph rule)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp_bf16, cache_enabled=cache)
+
+
+def d_phase(nets: V1Nets, cfg: TrainConfig, layout: LabelLayout, dataset_idx: int, x_real: Tensor,
+            label_org: Tensor, c_trg: Tensor, alpha: Tensor, *, amp_cache: bool = True
+            ) -> tuple[Tensor, dict[str, Tensor]]:
+    """D loss = -E[D_src(x)] + E[D_src(G(x,c'))] + λ_cls·cls(D_cls(x), c) + λ_gp·GP(α) and its named
+    terms (``D/...``); no optimizer work, no host sync. The fake is made without a G graph.
+    Shared by :func:`train_step` and the static-buffer step (:mod:`stargan.training.v1_graph`)."""
+    v = cfg.v1
+    G, D = nets.G, nets.D
+    dev = x_real.device
+    with record_function("D_fake"), torch.no_grad(), _amp(cfg, dev, amp_cache):
+        x_fake = G(x_real, c_trg)
+    x_fake = x_fake.to(x_real.dtype)
+    with record_function("D_main"), _amp(cfg, dev, amp_cache):
+        # One D pass over [real; fake]: D has no batch statistics, so this equals two passes.
+        src, cls = D(torch.cat([x_real, x_fake]))
+        src_real, src_fake = src.split(x_real.size(0))
+        d_real, d_fake = wgan_d_loss(src_real, src_fake)
+        d_cls = cls_loss(layout, dataset_idx, cls[: x_real.size(0)], label_org)
+    with record_function("D_gp"), torch.autocast(dev.type, enabled=False):
+        x_hat = interpolate(x_real, x_fake, alpha=alpha)
+        d_gp = gradient_penalty(D(x_hat)[0], x_hat)
+    d_loss = d_real + d_fake + v.lambda_cls * d_cls + v.lambda_gp * d_gp
+    return d_loss, {"D/loss_real": d_real, "D/loss_fake": d_fake, "D/loss_cls": d_cls, "D/loss_gp": d_gp,
+                    "D/loss": d_loss}
+
+
+def g_phase(nets: V1Nets, cfg: TrainConfig, layout: LabelLayout, dataset_idx: int, x_real: Tensor,
+            label_trg: Tensor, c_org: Tensor, c_trg: Tensor, *, amp_cache: bool = True
+            ) -> tuple[Tensor, dict[str, Tensor]]:
+    """G loss = -E[D_src(G(x,c'))] + λ_cls·cls(D_cls(G(x,c')), c') + λ_rec·|x - G(G(x,c'), c)| and its
+    named terms (``G/...``). Call it with D frozen (:func:`frozen`): only G's weights get gradients."""
+    v = cfg.v1
+    G, D = nets.G, nets.D
+    dev = x_real.device
+    with record_function("G_main"), _amp(cfg, dev, amp_cache):
+        x_fake = G(x_real, c_trg)
+        src_fake, cls_fake = D(x_fake)
+        g_fake = wgan_g_loss(src_fake)
+        g_cls = cls_loss(layout, dataset_idx, cls_fake, label_trg)
+    with record_function("G_rec"), _amp(cfg, dev, amp_cache):
+        g_rec = l1(x_real, G(x_fake, c_org))
+    g_loss = g_fake + v.lambda_rec * g_rec + v.lambda_cls * g_cls
+    return g_loss, {"G/loss_fake": g_fake, "G/loss_rec": g_rec, "G/loss_cls": g_cls, "G/loss": g_loss}
 
 
 def train_step(nets: V1Nets, optims: V1Optims, batch: dict, cfg: TrainConfig, step: int, layout: LabelLayout,
@@ -77,51 +133,27 @@ def train_step(nets: V1Nets, optims: V1Optims, batch: dict, cfg: TrainConfig, st
     _set_lr(optims.g, lr_g)
     _set_lr(optims.d, lr_d)
 
-    def amp() -> contextlib.AbstractContextManager:
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp_bf16)
-
     # ------------------------------------------------------------------ D
     optims.d.zero_grad(set_to_none=True)
-    with record_function("D_fake"), torch.no_grad(), amp():
-        x_fake = G(x_real, c_trg)
-    x_fake = x_fake.to(x_real.dtype)
-    with record_function("D_main"), amp():
-        # One D pass over [real; fake]: D has no batch statistics, so this equals two passes.
-        src, cls = D(torch.cat([x_real, x_fake]))
-        src_real, src_fake = src.split(x_real.size(0))
-        d_real, d_fake = wgan_d_loss(src_real, src_fake)
-        d_cls = cls_loss(layout, dataset_idx, cls[: x_real.size(0)], label_org)
-    with record_function("D_gp"), torch.autocast(device.type, enabled=False):
-        x_hat = interpolate(x_real, x_fake, alpha=alpha)
-        d_gp = gradient_penalty(D(x_hat)[0], x_hat)
-    d_loss = d_real + d_fake + v.lambda_cls * d_cls + v.lambda_gp * d_gp
+    d_loss, d_terms = d_phase(nets, cfg, layout, dataset_idx, x_real, label_org, c_trg, alpha)
     with record_function("D_backward"):
         d_loss.backward()
     with record_function("D_sync"):
         sync_grads(D)
-    out = _checked(step, {"D/loss_real": d_real, "D/loss_fake": d_fake, "D/loss_cls": d_cls,
-                          "D/loss_gp": d_gp, "D/loss": d_loss}, "D/grad_norm", D)
+    out = _checked(step, d_terms, "D/grad_norm", D)
     with record_function("D_opt"):
         optims.d.step()
 
     # ------------------------------------------------------------------ G
-    if (step + 1) % v.n_critic == 0:
+    if is_g_step(step, v.n_critic):
         optims.g.zero_grad(set_to_none=True)
-        with _frozen(D):
-            with record_function("G_main"), amp():
-                x_fake = G(x_real, c_trg)
-                src_fake, cls_fake = D(x_fake)
-                g_fake = wgan_g_loss(src_fake)
-                g_cls = cls_loss(layout, dataset_idx, cls_fake, label_trg)
-            with record_function("G_rec"), amp():
-                g_rec = l1(x_real, G(x_fake, c_org))
-            g_loss = g_fake + v.lambda_rec * g_rec + v.lambda_cls * g_cls
+        with frozen(D):
+            g_loss, g_terms = g_phase(nets, cfg, layout, dataset_idx, x_real, label_trg, c_org, c_trg)
             with record_function("G_backward"):
                 g_loss.backward()
         with record_function("G_sync"):
             sync_grads(G)
-        out.update(_checked(step, {"G/loss_fake": g_fake, "G/loss_rec": g_rec, "G/loss_cls": g_cls,
-                                   "G/loss": g_loss}, "G/grad_norm", G))
+        out.update(_checked(step, g_terms, "G/grad_norm", G))
         with record_function("G_opt"):
             optims.g.step()
         if nets.G_ema is not None:
@@ -133,13 +165,18 @@ def train_step(nets: V1Nets, optims: V1Optims, batch: dict, cfg: TrainConfig, st
     return out
 
 
+def is_g_step(step: int, n_critic: int) -> bool:
+    """G trains on every ``n_critic``-th iteration (0-based ``step``), as the official loop."""
+    return (step + 1) % n_critic == 0
+
+
 def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
     for group in opt.param_groups:
         group["lr"] = lr
 
 
 @contextlib.contextmanager
-def _frozen(module: nn.Module) -> Iterator[None]:
+def frozen(module: nn.Module) -> Iterator[None]:
     """No weight gradients for ``module`` (gradients still flow through it to its input)."""
     flags = [p.requires_grad for p in module.parameters()]
     module.requires_grad_(False)

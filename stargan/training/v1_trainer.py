@@ -15,6 +15,7 @@ from stargan.data.loader import iter_split, make_loader, train_stream
 from stargan.data.shard_source import verify
 from stargan.data.shards import split_entries
 from stargan.training import v1_step
+from stargan.training.v1_graph import V1GraphStep, load_optimizer_state, optimizer_state
 from stargan.training.nets import build_v1
 from stargan.training.checkpoint import CheckpointError, TrainState, capture_rng, restore_rng
 from stargan.training.init_from import load_net, load_optimizer
@@ -49,6 +50,9 @@ class V1Trainer:
         # Per-rank randomness of the step (target permutations, GP interpolation).
         self.gen = torch.Generator(device="cpu").manual_seed(t.seed * 7919 + ctx.rank)
         self.images_per_step = t.batch_size * len(self.dirs)
+        # train.cuda_graphs: one static-buffer step per dataset (its own buffers and graphs, shared nets)
+        self.graph_steps = [V1GraphStep(self.nets, self.optims, t, self.layout, i, generator=self.gen,
+                                        sync_grads=self.sync) for i in range(len(self.dirs))] if t.cuda_graphs else None
         self._iters = None
         self._fixed = None
 
@@ -63,8 +67,11 @@ class V1Trainer:
             self._open_streams(step)
         out: dict[str, list[float]] = {}
         for i, it in enumerate(self._iters):
-            scalars = v1_step.train_step(self.nets, self.optims, next(it), self.cfg.train, step, self.layout, i,
-                                         self.sync, self.gen)
+            if self.graph_steps is not None:
+                scalars = self.graph_steps[i](next(it), step)
+            else:
+                scalars = v1_step.train_step(self.nets, self.optims, next(it), self.cfg.train, step, self.layout, i,
+                                             self.sync, self.gen)
             for k, v in scalars.items():
                 out.setdefault(k, []).append(v)
                 if self.layout.joint and "cls" in k:
@@ -76,7 +83,7 @@ class V1Trainer:
         if self.nets.G_ema is not None:
             nets["G_ema"] = self.nets.G_ema.state_dict()
         return TrainState(step=step, model="v1", config=self.cfg.to_dict(), nets=nets,
-                          optims={"g": self.optims.g.state_dict(), "d": self.optims.d.state_dict()},
+                          optims={"g": optimizer_state(self.optims.g), "d": optimizer_state(self.optims.d)},
                           rng=capture_rng({"step": self.gen}), extra={"layout": self.layout.to_dict()})
 
     def load(self, state: TrainState) -> None:
@@ -84,8 +91,8 @@ class V1Trainer:
         self.nets.D.load_state_dict(state.nets["D"])
         if self.nets.G_ema is not None:   # a run that turned the EMA on at resume starts it from G
             self.nets.G_ema.load_state_dict(state.nets.get("G_ema", state.nets["G"]))
-        self.optims.g.load_state_dict(state.optims["g"])
-        self.optims.d.load_state_dict(state.optims["d"])
+        load_optimizer_state(self.optims.g, state.optims["g"])
+        load_optimizer_state(self.optims.d, state.optims["d"])
         restore_rng({"step": self.gen}, state.rng)
 
     def init(self, state: TrainState) -> list[str]:
