@@ -106,9 +106,7 @@ class LabelLayout:
     def sample_targets(self, dataset_idx: int, labels: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Training targets as in the official code: the batch's own labels in a random order."""
         labels = self.dataset_labels(dataset_idx, labels)
-        device = generator.device if generator is not None else labels.device
-        perm = torch.randperm(labels.size(0), generator=generator, device=device).to(labels.device)
-        return labels[perm]
+        return labels[target_permutation(labels.size(0), labels.device, generator)]
 
     def test_targets(self, dataset_idx: int, labels: Tensor) -> list[tuple[str, Tensor]]:
         """One target per label, as the official ``create_labels``: hair colours set exclusively,
@@ -151,3 +149,11 @@ class LabelLayout:
             for name, t in self.test_targets(j, base):
                 out.append((f"{d.name}/{name}" if self.joint else name, self.to_model_label(j, t)))
         return out
+
+
+def target_permutation(n: int, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
+    """The random order in which a batch's own labels become its targets (:meth:`LabelLayout.sample_targets`),
+    drawn from ``generator`` (which may live on the CPU while the batch is on CUDA), on ``device``. The
+    CUDA-graph step draws it here too, so both steps consume the same randomness."""
+    gen_device = generator.device if generator is not None else device
+    return torch.randperm(n, generator=generator, device=gen_device).to(device)

@@ -48,23 +48,18 @@ from torch.autograd.profiler import record_function
 
 from stargan.config import TrainConfig
 from stargan.data.transforms import to_unit_range
+from stargan.losses import interpolation_weights
 from stargan.training.distributed import is_distributed
 from stargan.training.ema import update_ema
 from stargan.training.errors import NonFiniteLossError
-from stargan.training.labels import LabelLayout
+from stargan.training.labels import LabelLayout, target_permutation
 from stargan.training.nets import V1Nets, V1Optims
 from stargan.training.schedules import linear_decay_lr
-from stargan.training.v1_step import d_phase, frozen, g_phase, is_g_step
+from stargan.training.v1_step import SyncGrads, _no_sync, d_phase, frozen, g_phase, is_g_step
 
 __all__ = ["V1GraphStep", "optimizer_state", "load_optimizer_state"]
 
 log = logging.getLogger(__name__)
-
-SyncGrads = Callable[[nn.Module], None]
-
-
-def _no_sync(module: nn.Module) -> None:
-    return None
 
 
 @dataclass
@@ -137,10 +132,8 @@ class V1GraphStep:
 
     def _draw(self, batch_size: int) -> None:
         """Targets and GP weights from the generator, in :func:`v1_step.train_step`'s order."""
-        gen = self.generator
-        dev = gen.device if gen is not None else self.device
-        perm = torch.randperm(batch_size, generator=gen, device=dev)          # LabelLayout.sample_targets
-        alpha = torch.rand(batch_size, 1, 1, 1, device=dev, generator=gen)    # losses.interpolation_weights
+        perm = target_permutation(batch_size, self.device, self.generator)
+        alpha = interpolation_weights(batch_size, self.device, self.generator)
         self._in["perm"].copy_(perm, non_blocking=True)
         self._in["alpha"].copy_(alpha, non_blocking=True)
 
