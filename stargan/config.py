@@ -162,6 +162,13 @@ class V1Config:
     residual: bool = knob(False, doc="G adds a learned change to its input and starts as the identity "
                                      "(last conv zero-initialised); false = the paper's G, which draws "
                                      "the whole image")
+    label_norm: bool = knob(False, doc="G's instance norms also take a scale and shift from the target label "
+                                       "(conditional IN), starting as plain IN; false = the paper, where "
+                                       "the label enters only as input channels")
+    residual_scale: float = knob(1.0, lo=0, doc="with residual: G returns clamp(x + scale * tanh(...)); 2 lets a "
+                                                "pixel reach any value from any other (blond hair can turn "
+                                                "black), 1 (the first residual G) cannot move one by more than "
+                                                "half the range")
 
 
 @dataclass

@@ -92,7 +92,8 @@ def test_counterfactual_ranks_a_good_translation_above_the_identity_baseline(roo
     assert r["celeba/Male/kept_images"] == 0 and r["rafd/happy/images"] > 0
     assert hair_kept == n and all(r[f"celeba/{h}/images"] + r[f"celeba/{h}/kept_images"] == n
                                   for h in ("Black_Hair", "Blond_Hair", "Brown_Hair"))
-    assert r["celeba/Black_Hair/kept_l1"] < 0.05                # the oracle's noise only
+    kept = [h for h in ("Black_Hair", "Blond_Hair", "Brown_Hair") if r[f"celeba/{h}/kept_images"]]
+    assert kept and all(r[f"celeba/{h}/kept_l1"] < 0.05 for h in kept)   # the oracle's noise only
 
     def lazy(ctx, ds):                        # "G" = the input unchanged: no gain at all
         for batch, outs in real(ctx, ds):
@@ -102,7 +103,7 @@ def test_counterfactual_ranks_a_good_translation_above_the_identity_baseline(roo
     r2 = calc_metric("counterfactual", ctx).results
     assert r2["l1_gain"] == pytest.approx(0.0, abs=1e-9)
     assert r2["targets_beating_identity"] == 0 and r2["fraction_beating_identity"] == 0.0
-    assert r2["celeba/Black_Hair/kept_l1"] == pytest.approx(r["celeba/render_floor_l1"], abs=0.01)
+    assert all(r2[f"celeba/{h}/kept_l1"] == pytest.approx(r["celeba/render_floor_l1"], abs=0.01) for h in kept)
     assert r2["l1"] > r["l1"]
 
 

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from stargan.models.v1 import Discriminator, Generator, count_parameters
+from stargan.models.ops import InstanceNorm
+from stargan.models.v1 import Discriminator, Generator, LabelNorm, count_parameters
 
 
 @pytest.mark.parametrize("g_c, d_c, size, g_params, d_params", [
@@ -48,6 +49,43 @@ def test_residual_generator_starts_as_the_identity_and_learns_only_a_bounded_cha
     y = G(x, c)
     assert not torch.equal(y, x) and y.min() >= -1 and y.max() <= 1
     assert (y - target).abs().mean() < (x - target).abs().mean()
+
+
+def test_residual_scale_2_lets_a_change_reach_any_value_from_any_other():
+    """Blond hair (about 0.8 in [-1, 1]) must be able to turn black (about -0.75): a change bounded
+    by tanh's 1 stops at -0.2, which a judge reads as brown."""
+    x = torch.full((1, 3, 8, 8), 0.8)
+    c = torch.zeros(1, 5)
+    for scale, reachable in ((1.0, False), (2.0, True)):
+        G = Generator(conv_dim=4, c_dim=5, repeat_num=1, residual=True, residual_scale=scale)
+        torch.nn.init.constant_(G.main[-2].weight, -10.0)   # saturate tanh: the largest change G can make
+        y = G(x, c)
+        assert (y.max() <= -0.75).item() is reachable, (scale, y.max().item())
+        assert torch.equal(G(torch.full_like(x, -1.0), c), torch.full_like(x, -1.0))   # still clamped to the range
+
+
+def test_label_norm_starts_as_plain_in_and_lets_the_label_past_the_input():
+    """With the label's input channels cut, the paper's G cannot tell targets apart at all; the
+    label-normed G still can, through its norms. Untrained, a LabelNorm is the IN it wraps."""
+    torch.manual_seed(0)
+    norm = LabelNorm(6, 3)
+    h, c = torch.randn(2, 6, 5, 5), torch.eye(3)[:2]
+    torch.testing.assert_close(norm(h, c), norm.norm(h))
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    a, b = torch.tensor([[1.0, 0, 0]] * 2), torch.tensor([[0.0, 1, 0]] * 2)
+    for label_norm in (False, True):
+        torch.manual_seed(0)
+        G = Generator(conv_dim=4, c_dim=3, repeat_num=1, label_norm=label_norm)
+        with torch.no_grad():
+            G.main[0].weight[:, 3:] = 0                  # the tiled label channels no longer reach G
+            for m in G.modules():
+                if isinstance(m, LabelNorm):
+                    m.scale.weight.normal_()
+                    m.shift.weight.normal_()
+        assert torch.equal(G(x, a), G(x, b)) is not label_norm
+    G = Generator(conv_dim=4, c_dim=3, repeat_num=1, label_norm=True)
+    assert sum(isinstance(m, LabelNorm) for m in G.modules()) == 7    # stem, 2 down, 2 in the block, 2 up
+    assert not any(type(m) is InstanceNorm for m in G.main.children())
 
 
 def test_norms_use_instance_statistics_in_eval_mode_too():

@@ -74,6 +74,22 @@ def test_v1_files_import_and_translate_exactly_as_the_source(tmp_path):
     assert files["generator"]["url"] == MODELS["v1-celeba-128"].url and state.step == 200000
 
 
+def test_v1_import_describes_the_papers_generator_whatever_the_projects_g(tmp_path):
+    """A project whose params train the residual, label-normed G (the shipped default) imports an
+    official G as what it is, the paper's: the checkpoint says so, and it translates as the source."""
+    from stargan.config import config_from_dict
+
+    G, D, g_path, d_path = write_v1(tmp_path / "official")
+    raw = Config().to_dict()
+    raw["train"]["v1"].update(residual=True, residual_scale=2.0, label_norm=True)
+    res = import_official({"generator": g_path, "discriminator": d_path}, tmp_path / "out", config_from_dict(raw),
+                          tmp_path, export=False, register=False, preset="v1-celeba-128")
+    v1 = load_state(res.checkpoint).config["train"]["v1"]
+    assert (v1["residual"], v1["residual_scale"], v1["label_norm"]) == (False, 1.0, False)
+    x, c = _x(), torch.tensor([[1, 0, 0, 1, 0], [0, 1, 0, 0, 1]], dtype=torch.float32)
+    assert torch.equal(load_model(res.checkpoint).translate(x, c), G.eval()(x, c))
+
+
 def test_refusals_name_what_is_wrong(tmp_path, capsys):
     G, D = v1_nets()
     gsd, dsd = official_v1_state(G, D)
@@ -288,6 +304,7 @@ def test_training_starts_from_the_imported_state(tmp_path, capsys):
                                            "v2": {"lr": 0.0, "f_lr": 0.0, "weight_decay": 0.0}}})
     raw = yaml.safe_load(params.read_text())
     del raw["data"]["datasets"]["celeba"]
+    raw["data"]["datasets"]["rafd"]["attributes"] = RAFD        # all 8, as the official model (the default trains 4)
     params.write_text(yaml.safe_dump(raw, sort_keys=False))
     res = import_official({"nets_ema": tmp_path / "ema.ckpt", "nets": tmp_path / "nets.ckpt",
                            "optims": tmp_path / "optims.ckpt"}, imported.parent, load_config(params), root,

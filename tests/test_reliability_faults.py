@@ -261,3 +261,23 @@ def test_a_checkpoint_from_before_the_residual_knob_reads_as_the_papers_generato
     residual["train"]["v1"]["residual"] = True
     with pytest.raises(CheckpointError, match=r"train.v1.residual: checkpoint has False, params have True"):
         check_compatible(state, residual)
+
+
+def test_a_residual_checkpoint_from_before_the_scale_knob_keeps_its_range():
+    """The first residual G moved a pixel by at most tanh's 1; reading its checkpoint as the new
+    default (2) would double every change it learnt, so the missing key reads as 1 and a params
+    file asking for 2 is refused, naming the key."""
+    from stargan.config import Config, config_from_dict
+    from stargan.training.checkpoint import check_compatible
+
+    old = Config().to_dict()
+    old["train"]["v1"]["residual"] = True
+    del old["train"]["v1"]["residual_scale"]            # written before train.v1.residual_scale existed
+    state = TrainState(step=10, model="v1", config=old, nets={})
+    now = Config().to_dict()
+    now["train"]["v1"]["residual"] = True
+    check_compatible(state, now)                        # Config's default scale is the old one: compatible
+    assert config_from_dict(old).train.v1.residual_scale == 1.0
+    now["train"]["v1"]["residual_scale"] = 2.0
+    with pytest.raises(CheckpointError, match=r"train.v1.residual_scale: checkpoint has 1.0, params have 2.0"):
+        check_compatible(state, now)

@@ -12,7 +12,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 TINY = {
-    "synthetic": {"celeba_images": 160, "rafd_identities": 4, "image_size": 64},
+    "synthetic": {"celeba_images": 160, "rafd_identities": 8, "image_size": 64},   # 8 x 4 expressions: 32 RaFD-like
     "align": {"image_size": 32, "workers": 1},
     "shard": {"rows_per_group": 16},
     "train": {"image_size": 16, "batch_size": 4, "num_iters": 6, "log_every": 2, "sample_every": 3,

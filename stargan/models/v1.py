@@ -29,18 +29,52 @@ def _instance_norm(channels: int) -> InstanceNorm:
     return InstanceNorm(channels, affine=True, track_running_stats=False)
 
 
-class ResidualBlock(nn.Module):
-    """x + IN(conv(ReLU(IN(conv(x))))), no activation after the sum."""
+class LabelNorm(nn.Module):
+    """Instance norm whose scale and shift also depend on the target label c:
+    ``IN(x) * (1 + scale(c)) + shift(c)`` (conditional instance norm, Dumoulin et al., ICLR 2017;
+    StarGAN v2's AdaIN does the same with a style code). ``scale`` and ``shift`` start at zero, so
+    an untrained LabelNorm is the plain affine IN it wraps.
 
-    def __init__(self, channels: int) -> None:
+    Why: in the paper's G the label enters only as constant input channels, and every instance
+    norm subtracts what is constant over the image, so the label reaches G's interior only through
+    the zero-padded border; here it reaches every norm directly.
+    """
+
+    def __init__(self, channels: int, c_dim: int) -> None:
+        super().__init__()
+        self.norm = _instance_norm(channels)
+        self.scale = nn.Linear(c_dim, channels, bias=False)
+        self.shift = nn.Linear(c_dim, channels, bias=False)
+        nn.init.zeros_(self.scale.weight)
+        nn.init.zeros_(self.shift.weight)
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        return self.norm(x) * (1 + self.scale(c)[:, :, None, None]) + self.shift(c)[:, :, None, None]
+
+
+def _norm(channels: int, c_dim: int | None) -> nn.Module:
+    return LabelNorm(channels, c_dim) if c_dim else _instance_norm(channels)
+
+
+def _run(layers: nn.Sequential, h: Tensor, c: Tensor) -> Tensor:
+    """``layers(h)``, handing the label to the layers that take one."""
+    for layer in layers:
+        h = layer(h, c) if isinstance(layer, (LabelNorm, ResidualBlock)) else layer(h)
+    return h
+
+
+class ResidualBlock(nn.Module):
+    """x + IN(conv(ReLU(IN(conv(x))))), no activation after the sum (``label_dim``: LabelNorms)."""
+
+    def __init__(self, channels: int, label_dim: int | None = None) -> None:
         super().__init__()
         self.main = nn.Sequential(
-            nn.Conv2d(channels, channels, 3, 1, 1, bias=False), _instance_norm(channels), nn.ReLU(inplace=True),
-            nn.Conv2d(channels, channels, 3, 1, 1, bias=False), _instance_norm(channels),
+            nn.Conv2d(channels, channels, 3, 1, 1, bias=False), _norm(channels, label_dim), nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 3, 1, 1, bias=False), _norm(channels, label_dim),
         )
 
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.main(x)
+    def forward(self, x: Tensor, c: Tensor | None = None) -> Tensor:
+        return x + _run(self.main, x, c)
 
 
 class Generator(nn.Module):
@@ -54,25 +88,33 @@ class Generator(nn.Module):
     a constant shift and only the zero border lets the label channels through.
 
     ``residual=True`` (not the paper; ``train.v1.residual``) makes G predict the *change*:
-    ``clamp(x + tanh(...), -1, 1)`` with the last conv zero-initialised, so an untrained G is the
-    identity and training only has to learn what a target alters (residual images, Shen & Liu,
-    CVPR 2017). A small G on a short budget otherwise spends its updates re-learning to draw the
-    whole face and blurs what it should keep (README "Baseline figures").
+    ``clamp(x + residual_scale * tanh(...), -1, 1)`` with the last conv zero-initialised, so an
+    untrained G is the identity and training only has to learn what a target alters (residual
+    images, Shen & Liu, CVPR 2017). A small G on a short budget otherwise spends its updates
+    re-learning to draw the whole face and blurs what it should keep (README "Baseline figures").
+    The change must span the whole range (``residual_scale`` 2): at 1 a blond pixel (0.8) cannot
+    get below -0.2, so blond -> black hair is out of reach and such translations end up brown.
+
+    ``label_norm=True`` (not the paper; ``train.v1.label_norm``) makes every norm a
+    :class:`LabelNorm`, so the label reaches every layer, not only the input's border.
     """
 
-    def __init__(self, conv_dim: int = 64, c_dim: int = 5, repeat_num: int = 6, residual: bool = False) -> None:
+    def __init__(self, conv_dim: int = 64, c_dim: int = 5, repeat_num: int = 6, residual: bool = False,
+                 residual_scale: float = 1.0, label_norm: bool = False) -> None:
         super().__init__()
         self.c_dim = c_dim
         self.residual = residual
+        self.residual_scale = float(residual_scale)
+        ld = c_dim if label_norm else None
         layers: list[nn.Module] = [
-            nn.Conv2d(3 + c_dim, conv_dim, 7, 1, 3, bias=False), _instance_norm(conv_dim), nn.ReLU(inplace=True)]
+            nn.Conv2d(3 + c_dim, conv_dim, 7, 1, 3, bias=False), _norm(conv_dim, ld), nn.ReLU(inplace=True)]
         dim = conv_dim
         for _ in range(2):
-            layers += [nn.Conv2d(dim, dim * 2, 4, 2, 1, bias=False), _instance_norm(dim * 2), nn.ReLU(inplace=True)]
+            layers += [nn.Conv2d(dim, dim * 2, 4, 2, 1, bias=False), _norm(dim * 2, ld), nn.ReLU(inplace=True)]
             dim *= 2
-        layers += [ResidualBlock(dim) for _ in range(repeat_num)]
+        layers += [ResidualBlock(dim, ld) for _ in range(repeat_num)]
         for _ in range(2):
-            layers += [nn.ConvTranspose2d(dim, dim // 2, 4, 2, 1, bias=False), _instance_norm(dim // 2),
+            layers += [nn.ConvTranspose2d(dim, dim // 2, 4, 2, 1, bias=False), _norm(dim // 2, ld),
                        nn.ReLU(inplace=True)]
             dim //= 2
         layers += [nn.Conv2d(dim, 3, 7, 1, 3, bias=False), nn.Tanh()]
@@ -83,12 +125,13 @@ class Generator(nn.Module):
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         if c.dim() != 2 or c.size(1) != self.c_dim:
             raise ValueError(f"Generator: label of shape {tuple(c.shape)}; expected [B, {self.c_dim}]")
-        tiled = c.to(x.dtype)[:, :, None, None].expand(-1, -1, x.size(2), x.size(3))
+        c = c.to(x.dtype)
+        tiled = c[:, :, None, None].expand(-1, -1, x.size(2), x.size(3))
         h = torch.cat([x, tiled], dim=1)
         if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
             h = h.contiguous(memory_format=torch.channels_last)
-        out = self.main(h)
-        return (x + out).clamp(-1.0, 1.0) if self.residual else out
+        out = _run(self.main, h, c)
+        return (x + self.residual_scale * out).clamp(-1.0, 1.0) if self.residual else out
 
 
 class Discriminator(nn.Module):

@@ -119,7 +119,9 @@ def _import_v1(source: ModelSource, files: dict[str, Path], raw: dict, image_siz
     nets["G"], stats = convert.v1_generator(g, G, g_path)
     dropped["generator running statistics"] = len(stats)
     v1 = raw["train"]["v1"]
-    v1.update(g_conv_dim=arch.g_conv_dim, g_repeat_num=arch.g_repeat_num)
+    # the paper's G, whatever the project trains (the shipped params: a residual, label-normed G)
+    v1.update(g_conv_dim=arch.g_conv_dim, g_repeat_num=arch.g_repeat_num, residual=False, residual_scale=1.0,
+              label_norm=False)
     if d is not None:
         nets["D"] = convert.v1_discriminator(d, D1(size, arch.d_conv_dim, arch.cls_dim or arch.c_dim, arch.d_repeat_num),
                                              d_path)

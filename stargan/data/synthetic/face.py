@@ -64,6 +64,9 @@ class FaceParams:
     expression: str                     # one of RAFD_EXPRESSIONS
     # how the in-the-wild canvas looks (not a label): random shapes and sensor noise, or a clean gradient
     clutter: bool = True
+    # identity trait: short hair with the ears showing, or long hair past the jaw, whatever the sex.
+    # None (rows written before it existed): short exactly when male, as the first renderer drew it
+    short_hair: bool | None = None
 
     def __post_init__(self):
         if self.hair not in HAIR_COLOURS:
@@ -129,7 +132,7 @@ def sample_traits(rng: np.random.Generator) -> dict[str, Any]:
         nose_length=_r(rng.uniform(0.48, 0.64)), mouth_width=_r(rng.uniform(0.5, 0.68)),
         hairline=_r(rng.uniform(-0.56, -0.44)), hair_volume=_r(rng.uniform(0.04, 0.16)),
         hair_shade=_r(rng.uniform(0.85, 1.12)),
-        clothes=tuple(int(c) for c in rng.integers(20, 236, 3)))
+        clothes=tuple(int(c) for c in rng.integers(20, 236, 3)), short_hair=bool(rng.random() < 0.5))
 
 
 def sample_wild_pose(rng: np.random.Generator, clutter: bool = True) -> dict[str, Any]:
