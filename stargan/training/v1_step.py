@@ -6,6 +6,9 @@ per dataset with the same ``step``):
 1. targets = the batch's own labels, permuted; LR from the schedule at ``step``.
 2. D (every step): -E[D_src(x)] + E[D_src(G(x,c'))] + λ_cls·cls(D_cls(x), c) + λ_gp·GP,
    the fake made without a G graph; gradients averaged (``sync_grads``), then Adam.
+   On a G step the fake is made once, with its graph, and D gets it detached: G's weights do not
+   change between the two phases, so it is the very tensor the official loop computes twice (the
+   same values; one G forward saved on every G step).
 3. G (when ``(step+1) % n_critic == 0``): -E[D_src(G(x,c'))] + λ_cls·cls(D_cls(G(x,c')), c')
    + λ_rec·|x - G(G(x,c'), c)|; D frozen; ``sync_grads``, then Adam; then G_ema (if kept).
 
@@ -38,7 +41,7 @@ from stargan.training.labels import LabelLayout
 from stargan.training.nets import V1Nets, V1Optims
 from stargan.training.schedules import linear_decay_lr
 
-__all__ = ["NonFiniteLossError", "train_step", "d_phase", "g_phase", "is_g_step", "frozen", "cls_loss", "translate",
+__all__ = ["NonFiniteLossError", "train_step", "d_phase", "g_phase", "fake_of", "is_g_step", "frozen", "cls_loss", "translate",
            "translation_grid"]
 
 SyncGrads = Callable[[nn.Module], None]
@@ -61,17 +64,18 @@ def _amp(cfg: TrainConfig, device: torch.device, cache: bool = True) -> contextl
 
 
 def d_phase(nets: V1Nets, cfg: TrainConfig, layout: LabelLayout, dataset_idx: int, x_real: Tensor,
-            label_org: Tensor, c_trg: Tensor, alpha: Tensor, *, amp_cache: bool = True
-            ) -> tuple[Tensor, dict[str, Tensor]]:
+            label_org: Tensor, c_trg: Tensor, alpha: Tensor, *, amp_cache: bool = True,
+            x_fake: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """D loss = -E[D_src(x)] + E[D_src(G(x,c'))] + λ_cls·cls(D_cls(x), c) + λ_gp·GP(α) and its named
-    terms (``D/...``); no optimizer work, no host sync. The fake is made without a G graph.
+    terms (``D/...``); no optimizer work, no host sync. The fake is ``x_fake`` (detached here) when
+    given, else G(x, c') made without a G graph.
     Shared by :func:`train_step` and the static-buffer step (:mod:`stargan.training.v1_graph`)."""
     v = cfg.v1
     G, D = nets.G, nets.D
     dev = x_real.device
-    with record_function("D_fake"), torch.no_grad(), _amp(cfg, dev, amp_cache):
-        x_fake = G(x_real, c_trg)
-    x_fake = x_fake.to(x_real.dtype)
+    if x_fake is None:
+        x_fake = fake_of(G, cfg, x_real, c_trg, graph=False, amp_cache=amp_cache)
+    x_fake = x_fake.detach().to(x_real.dtype)
     with record_function("D_main"), _amp(cfg, dev, amp_cache):
         # One D pass over [real; fake]: D has no batch statistics, so this equals two passes.
         src, cls = D(torch.cat([x_real, x_fake]))
@@ -87,15 +91,17 @@ def d_phase(nets: V1Nets, cfg: TrainConfig, layout: LabelLayout, dataset_idx: in
 
 
 def g_phase(nets: V1Nets, cfg: TrainConfig, layout: LabelLayout, dataset_idx: int, x_real: Tensor,
-            label_trg: Tensor, c_org: Tensor, c_trg: Tensor, *, amp_cache: bool = True
-            ) -> tuple[Tensor, dict[str, Tensor]]:
+            label_trg: Tensor, c_org: Tensor, c_trg: Tensor, *, amp_cache: bool = True,
+            x_fake: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """G loss = -E[D_src(G(x,c'))] + λ_cls·cls(D_cls(G(x,c')), c') + λ_rec·|x - G(G(x,c'), c)| and its
-    named terms (``G/...``). Call it with D frozen (:func:`frozen`): only G's weights get gradients."""
+    named terms (``G/...``). Call it with D frozen (:func:`frozen`): only G's weights get gradients.
+    ``x_fake``: G(x, c') already made with its graph (:func:`fake_of`), else made here."""
     v = cfg.v1
     G, D = nets.G, nets.D
     dev = x_real.device
+    if x_fake is None:
+        x_fake = fake_of(G, cfg, x_real, c_trg, graph=True, amp_cache=amp_cache)
     with record_function("G_main"), _amp(cfg, dev, amp_cache):
-        x_fake = G(x_real, c_trg)
         src_fake, cls_fake = D(x_fake)
         g_fake = wgan_g_loss(src_fake)
         g_cls = cls_loss(layout, dataset_idx, cls_fake, label_trg)
@@ -103,6 +109,13 @@ def g_phase(nets: V1Nets, cfg: TrainConfig, layout: LabelLayout, dataset_idx: in
         g_rec = l1(x_real, G(x_fake, c_org))
     g_loss = g_fake + v.lambda_rec * g_rec + v.lambda_cls * g_cls
     return g_loss, {"G/loss_fake": g_fake, "G/loss_rec": g_rec, "G/loss_cls": g_cls, "G/loss": g_loss}
+
+
+def fake_of(G: Generator, cfg: TrainConfig, x_real: Tensor, c_trg: Tensor, *, graph: bool,
+            amp_cache: bool = True) -> Tensor:
+    """G(x, c'): with its graph for the G phase, without one for a D-only step."""
+    with record_function("G_fake"), torch.set_grad_enabled(graph), _amp(cfg, x_real.device, amp_cache):
+        return G(x_real, c_trg)
 
 
 def train_step(nets: V1Nets, optims: V1Optims, batch: dict, cfg: TrainConfig, step: int, layout: LabelLayout,
@@ -133,9 +146,12 @@ def train_step(nets: V1Nets, optims: V1Optims, batch: dict, cfg: TrainConfig, st
     _set_lr(optims.g, lr_g)
     _set_lr(optims.d, lr_d)
 
+    g_step = is_g_step(step, v.n_critic)
+    x_fake = fake_of(G, cfg, x_real, c_trg, graph=g_step)
+
     # ------------------------------------------------------------------ D
     optims.d.zero_grad(set_to_none=True)
-    d_loss, d_terms = d_phase(nets, cfg, layout, dataset_idx, x_real, label_org, c_trg, alpha)
+    d_loss, d_terms = d_phase(nets, cfg, layout, dataset_idx, x_real, label_org, c_trg, alpha, x_fake=x_fake)
     with record_function("D_backward"):
         d_loss.backward()
     with record_function("D_sync"):
@@ -145,10 +161,11 @@ def train_step(nets: V1Nets, optims: V1Optims, batch: dict, cfg: TrainConfig, st
         optims.d.step()
 
     # ------------------------------------------------------------------ G
-    if is_g_step(step, v.n_critic):
+    if g_step:
         optims.g.zero_grad(set_to_none=True)
         with frozen(D):
-            g_loss, g_terms = g_phase(nets, cfg, layout, dataset_idx, x_real, label_trg, c_org, c_trg)
+            g_loss, g_terms = g_phase(nets, cfg, layout, dataset_idx, x_real, label_trg, c_org, c_trg,
+                                      x_fake=x_fake)
             with record_function("G_backward"):
                 g_loss.backward()
         with record_function("G_sync"):
