@@ -14,7 +14,6 @@ does not reach them on every target (README, "Baseline figures").
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -22,19 +21,13 @@ from pathlib import Path
 
 import pytest
 
+from stargan.evaluation.report import flat_numbers
 from test_reliability_dvc import make_repo
 from tiny_project import REPO, env
 
 pytestmark = pytest.mark.slow
 
 HAIR_AND_MALE = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Male")
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}/") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +44,7 @@ def fresh_run(tmp_path_factory) -> Path:
 
 def test_a_fresh_dvc_repro_of_the_default_visibly_translates(fresh_run):
     headline = json.loads((fresh_run / "metrics" / "headline.json").read_text())
-    report = _flat(json.loads((fresh_run / "reports" / "eval.json").read_text()))
+    report = flat_numbers(json.loads((fresh_run / "reports" / "eval.json").read_text()), prefix="")
     acc = {k[len("target_accuracy/"):]: v for k, v in report.items()
            if k.startswith("target_accuracy/") and k.count("/") == 2 and not k.endswith("/mean")
            and not k.startswith("target_accuracy/real/")}

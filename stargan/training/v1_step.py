@@ -8,7 +8,7 @@ per dataset with the same ``step``):
    the fake made without a G graph; gradients averaged (``sync_grads``), then Adam.
    On a G step the fake is made once, with its graph, and D gets it detached: G's weights do not
    change between the two phases, so it is the very tensor the official loop computes twice (the
-   same values; one G forward saved on every G step).
+   same values; one G forward saved on every G step, for holding G's graph through the D phase).
 3. G (when ``(step+1) % n_critic == 0``): -E[D_src(G(x,c'))] + λ_cls·cls(D_cls(G(x,c')), c')
    + λ_rec·|x - G(G(x,c'), c)|; D frozen; ``sync_grads``, then Adam; then G_ema (if kept).
 
@@ -41,8 +41,8 @@ from stargan.training.labels import LabelLayout
 from stargan.training.nets import V1Nets, V1Optims
 from stargan.training.schedules import linear_decay_lr
 
-__all__ = ["NonFiniteLossError", "train_step", "d_phase", "g_phase", "fake_of", "is_g_step", "frozen", "cls_loss", "translate",
-           "translation_grid"]
+__all__ = ["NonFiniteLossError", "train_step", "d_phase", "g_phase", "fake_of", "is_g_step", "frozen", "cls_loss",
+           "translate", "translation_grid"]
 
 SyncGrads = Callable[[nn.Module], None]
 
