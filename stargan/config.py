@@ -165,6 +165,7 @@ class V1Config:
     label_norm: bool = knob(False, doc="G's instance norms also take a scale and shift from the target label "
                                        "(conditional IN), starting as plain IN; false = the paper, where "
                                        "the label enters only as input channels")
+    g_edge_kernel: int = knob(7, choices=(1, 3, 5, 7), doc="kernel of G's first and last conv (the paper: 7)")
     residual_scale: float = knob(1.0, lo=0, doc="with residual: G returns clamp(x + scale * tanh(...)); 2 lets a "
                                                 "pixel reach any value from any other (blond hair can turn "
                                                 "black), 1 (the first residual G) cannot move one by more than "

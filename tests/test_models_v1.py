@@ -88,6 +88,22 @@ def test_label_norm_starts_as_plain_in_and_lets_the_label_past_the_input():
     assert not any(type(m) is InstanceNorm for m in G.main.children())
 
 
+def test_edge_kernel_sets_the_first_and_last_conv_and_keeps_the_image_size():
+    """The paper's 7x7 stem and output conv are a fifth of a 32-px step on CPU; 3x3 keeps every
+    shape, and a pixel's change then depends on a smaller neighbourhood (3 px less each side)."""
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    c = torch.eye(3)[:2]
+    for k in (7, 3, 1):
+        torch.manual_seed(0)
+        G = Generator(conv_dim=4, c_dim=3, repeat_num=1, edge_kernel=k)
+        assert G.main[0].kernel_size == (k, k) and G.main[-2].kernel_size == (k, k)
+        assert G(x, c).shape == x.shape
+    assert count_parameters(Generator(4, 3, 1)) == count_parameters(Generator(4, 3, 1, edge_kernel=7))
+    for bad in (4, 0):
+        with pytest.raises(ValueError, match="edge_kernel"):
+            Generator(4, 3, 1, edge_kernel=bad)
+
+
 def test_norms_use_instance_statistics_in_eval_mode_too():
     torch.manual_seed(0)
     G = Generator(conv_dim=4, c_dim=3, repeat_num=1)

@@ -81,11 +81,11 @@ def test_v1_import_describes_the_papers_generator_whatever_the_projects_g(tmp_pa
 
     G, D, g_path, d_path = write_v1(tmp_path / "official")
     raw = Config().to_dict()
-    raw["train"]["v1"].update(residual=True, residual_scale=2.0, label_norm=True)
+    raw["train"]["v1"].update(residual=True, residual_scale=2.0, label_norm=True, g_edge_kernel=3)
     res = import_official({"generator": g_path, "discriminator": d_path}, tmp_path / "out", config_from_dict(raw),
                           tmp_path, export=False, register=False, preset="v1-celeba-128")
     v1 = load_state(res.checkpoint).config["train"]["v1"]
-    assert (v1["residual"], v1["residual_scale"], v1["label_norm"]) == (False, 1.0, False)
+    assert (v1["residual"], v1["residual_scale"], v1["label_norm"], v1["g_edge_kernel"]) == (False, 1.0, False, 7)
     x, c = _x(), torch.tensor([[1, 0, 0, 1, 0], [0, 1, 0, 0, 1]], dtype=torch.float32)
     assert torch.equal(load_model(res.checkpoint).translate(x, c), G.eval()(x, c))
 

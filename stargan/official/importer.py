@@ -121,7 +121,7 @@ def _import_v1(source: ModelSource, files: dict[str, Path], raw: dict, image_siz
     v1 = raw["train"]["v1"]
     # the paper's G, whatever the project trains (the shipped params: a residual, label-normed G)
     v1.update(g_conv_dim=arch.g_conv_dim, g_repeat_num=arch.g_repeat_num, residual=False, residual_scale=1.0,
-              label_norm=False)
+              label_norm=False, g_edge_kernel=7)
     if d is not None:
         nets["D"] = convert.v1_discriminator(d, D1(size, arch.d_conv_dim, arch.cls_dim or arch.c_dim, arch.d_repeat_num),
                                              d_path)

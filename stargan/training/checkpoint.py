@@ -29,14 +29,14 @@ FILENAME = "checkpoint.pt"
 # trained under other values cannot be resumed or evaluated with this config.
 ARCH_KEYS = ("train.model", "train.image_size", "train.datasets", "train.v1.g_conv_dim", "train.v1.d_conv_dim",
              "train.v1.g_repeat_num", "train.v1.d_repeat_num", "train.v1.residual", "train.v1.residual_scale",
-             "train.v1.label_norm",
+             "train.v1.label_norm", "train.v1.g_edge_kernel",
              "train.v2.latent_dim",
              "train.v2.style_dim", "train.v2.max_conv_dim", "train.v2.mapping_hidden", "train.v2.w_hpf",
              "train.v2.domains")
 #: Architecture keys added after checkpoints were already written, with the value those checkpoints
 #: were trained under: a checkpoint without the key is read as that value, not as a mismatch.
 ARCH_DEFAULTS = {"train.v1.residual": False, "train.v1.residual_scale": 1.0,
-                 "train.v1.label_norm": False}
+                 "train.v1.label_norm": False, "train.v1.g_edge_kernel": 7}
 
 
 class CheckpointError(StarganError, RuntimeError):

@@ -60,7 +60,8 @@ def build_v1(cfg: TrainConfig, layout: LabelLayout, device: torch.device | str |
     device = torch.device(device) if device is not None else torch.device("cpu")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        G = G1(v.g_conv_dim, layout.c_dim, v.g_repeat_num, v.residual, v.residual_scale, v.label_norm)
+        G = G1(v.g_conv_dim, layout.c_dim, v.g_repeat_num, v.residual, v.residual_scale, v.label_norm,
+                 v.g_edge_kernel)
         D = D1(cfg.image_size, v.d_conv_dim, layout.cls_dim, v.d_repeat_num)
     memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
     G = G.to(device=device, memory_format=memory_format)
