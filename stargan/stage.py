@@ -12,8 +12,12 @@ from typing import Any, Callable
 from stargan.config import Config, load_config
 from stargan.errors import StarganError, one_line
 
+#: Set (unless the user set them) by every stage and the ``stargan`` command: no usage reports, no
+#: update checks, and no MLflow artifact progress bar (a tqdm bar redrawn with carriage returns,
+#: which a CI log or ``dvc repro``'s console keeps as one garbled line per download).
 QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
-             "DVC_NO_ANALYTICS": "1", "NO_ALBUMENTATIONS_UPDATE": "1", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
+             "DVC_NO_ANALYTICS": "1", "NO_ALBUMENTATIONS_UPDATE": "1", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 
 
 #: Errors that mean "bad input or environment", reported as one line (stargan/errors.py).

@@ -38,3 +38,32 @@ def test_without_a_start_the_rate_counts_from_the_first_update(monkeypatch):
 
 def test_duration():
     assert [duration(s) for s in (42, 185, 7620)] == ["42s", "3m05s", "2h07m"]
+
+
+def test_stages_download_mlflow_artifacts_without_a_progress_bar(tmp_path, monkeypatch, capfd):
+    """MLflow draws a tqdm bar for every artifact download (export's registration and signature
+    check do one): a stage turns it off unless the user asked for it."""
+    import mlflow
+
+    from stargan.stage import run_stage
+
+    (tmp_path / "params.yaml").write_text("{}\n")
+    (tmp_path / "a.txt").write_text("x")
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "")    # recorded, so the stage's default is undone after
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    client = mlflow.MlflowClient()
+    exp = client.create_experiment("e", artifact_location=(tmp_path / "art").as_uri())
+    run_id = client.create_run(exp).info.run_id
+    client.log_artifact(run_id, str(tmp_path / "a.txt"))
+
+    def download(cfg, root):
+        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="a.txt", dst_path=str(tmp_path / "out"))
+
+    capfd.readouterr()
+    assert run_stage("export", download, ["--params", str(tmp_path / "params.yaml")]) == 0
+    assert (tmp_path / "out" / "a.txt").read_text() == "x"
+    assert "Downloading artifacts" not in "".join(capfd.readouterr())
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "true")          # the user's choice wins
+    assert run_stage("export", download, ["--params", str(tmp_path / "params.yaml")]) == 0
+    assert "Downloading artifacts" in "".join(capfd.readouterr())
