@@ -74,9 +74,10 @@ def cases():
         if meta.get("hi") is not None:
             high = meta["hi"] + 1 if base is int else meta["hi"] + 0.5
             yield pytest.param(f"{key}={high}", f"{key}: {high!r} is above the maximum", id=f"hi-{key}")
-        if meta.get("choices"):
-            yield pytest.param(f"{key}=not_a_choice", f"{key}: 'not_a_choice' is not allowed; choose one of",
-                               id=f"choice-{key}")
+        if meta.get("choices"):      # a value of the right type that is not one of them
+            choices = meta["choices"]
+            bad = max(choices) + 1 if all(type(c) is int for c in choices) else "not_a_choice"
+            yield pytest.param(f"{key}={bad}", f"{key}: {bad!r} is not allowed; choose one of", id=f"choice-{key}")
 
 
 @pytest.mark.parametrize("override, fragment", list(cases()))
