@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 
 from stargan.progress import Progress, duration
 
@@ -51,14 +52,16 @@ def test_stages_download_mlflow_artifacts_without_a_progress_bar(tmp_path, monke
     (tmp_path / "a.txt").write_text("x")
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "")    # recorded, so the stage's default is undone after
     monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns.db'}")
-    client = mlflow.MlflowClient()
+    env_before = os.environ.get("MLFLOW_TRACKING_URI")
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"   # passed, never set: mlflow.set_tracking_uri exports
+    client = mlflow.MlflowClient(tracking_uri=uri)  # MLFLOW_TRACKING_URI to every later test's subprocesses
     exp = client.create_experiment("e", artifact_location=(tmp_path / "art").as_uri())
     run_id = client.create_run(exp).info.run_id
     client.log_artifact(run_id, str(tmp_path / "a.txt"))
 
     def download(cfg, root):
-        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="a.txt", dst_path=str(tmp_path / "out"))
+        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="a.txt", dst_path=str(tmp_path / "out"),
+                                            tracking_uri=uri)
 
     capfd.readouterr()
     assert run_stage("export", download, ["--params", str(tmp_path / "params.yaml")]) == 0
@@ -67,3 +70,4 @@ def test_stages_download_mlflow_artifacts_without_a_progress_bar(tmp_path, monke
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "true")          # the user's choice wins
     assert run_stage("export", download, ["--params", str(tmp_path / "params.yaml")]) == 0
     assert "Downloading artifacts" in "".join(capfd.readouterr())
+    assert os.environ.get("MLFLOW_TRACKING_URI") == env_before and mlflow.get_tracking_uri() != uri   # no leak
