@@ -89,7 +89,7 @@ def test_label_norm_starts_as_plain_in_and_lets_the_label_past_the_input():
 
 
 def test_edge_kernel_sets_the_first_and_last_conv_and_keeps_the_image_size():
-    """The paper's 7x7 stem and output conv are a fifth of a 32-px step on CPU; 3x3 keeps every
+    """The paper's 7x7 stem and output conv are a quarter of a 32-px step on CPU; 3x3 keeps every
     shape, and a pixel's change then depends on a smaller neighbourhood (3 px less each side)."""
     x = torch.rand(2, 3, 16, 16) * 2 - 1
     c = torch.eye(3)[:2]
