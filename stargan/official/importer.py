@@ -38,7 +38,7 @@ from stargan.official import convert
 from stargan.official.convert import OfficialFormatError
 from stargan.official.sources import V2_LICENCE_URL, ModelSource, get_model_source
 from stargan.tracking import RUN_ID_KEY, Tracker
-from stargan.training.checkpoint import TrainState, arch_overrides, load_state, save_state
+from stargan.training.checkpoint import ARCH_DEFAULTS, TrainState, arch_overrides, load_state, save_state
 from stargan.training.labels import LabelLayout
 
 IMPORT_JSON = "import.json"
@@ -119,9 +119,10 @@ def _import_v1(source: ModelSource, files: dict[str, Path], raw: dict, image_siz
     nets["G"], stats = convert.v1_generator(g, G, g_path)
     dropped["generator running statistics"] = len(stats)
     v1 = raw["train"]["v1"]
-    # the paper's G, whatever the project trains (the shipped params: a residual, label-normed G)
-    v1.update(g_conv_dim=arch.g_conv_dim, g_repeat_num=arch.g_repeat_num, residual=False, residual_scale=1.0,
-              label_norm=False, g_edge_kernel=7)
+    # the paper's G, whatever the project trains (the shipped params: a residual, label-normed G):
+    # its later-added architecture knobs at the values checkpoints from before them are read as
+    v1.update({k.removeprefix("train.v1."): val for k, val in ARCH_DEFAULTS.items() if k.startswith("train.v1.")})
+    v1.update(g_conv_dim=arch.g_conv_dim, g_repeat_num=arch.g_repeat_num)
     if d is not None:
         nets["D"] = convert.v1_discriminator(d, D1(size, arch.d_conv_dim, arch.cls_dim or arch.c_dim, arch.d_repeat_num),
                                              d_path)
