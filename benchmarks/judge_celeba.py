@@ -67,9 +67,10 @@ def _cpu_seconds() -> float:
 def run(shards: Path, arch: str, width: int, iters: int, args: argparse.Namespace) -> dict:
     load0, wall0, cpu0 = os.getloadavg()[0], time.time(), _cpu_seconds()
     clf = train_classifier(shards, dataset="celeba", image_size=args.image_size, width=width, iters=iters,
-                           batch_size=args.batch_size, lr=args.lr, seed=args.seed, arch=arch, log_every=max(iters // 5, 1))
+                           batch_size=args.batch_size, lr=args.lr, seed=args.seed, arch=arch, augment=args.augment)
     wall, cpu = time.time() - wall0, _cpu_seconds() - cpu0
-    out = {"arch": arch, "width": width, "iters": iters, "params": sum(p.numel() for p in clf.net.parameters()),
+    out = {"arch": arch, "width": width, "iters": iters, "augment": args.augment,
+           "params": sum(p.numel() for p in clf.net.parameters()),
            "train_wall_s": round(wall, 1), "train_cpu_s": round(cpu, 1), "s_per_iter": round(wall / iters, 3),
            "load_avg_1min_before_after": [round(load0, 2), round(os.getloadavg()[0], 2)]}
     for split in ("test", "val"):
@@ -96,6 +97,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--judge-min-accuracy", type=float, default=0.9)
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+                   help="evaluate.classifier_augment: the judge_train augmentations (default), or flips only")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--append", action="store_true", help="add the runs to those already in --out")
     args = p.parse_args()
@@ -110,7 +113,8 @@ def main() -> None:
                 f"(align.image_size; aligned CelebA, centre crop); attributes {ATTRIBUTES}",
         "splits": {s: c["total"] for s, c in manifest["counts"].items()},
         "recipe": {"batch_size": args.batch_size, "lr": args.lr, "optimizer": "Adam, one-cycle LR",
-                   "augmentation": "horizontal flip", "seed": args.seed},
+                   "augmentation": "per run: augment true = judge_train (flip, affine, colour, blur; "
+                                   "stargan/data/transforms.py), false = horizontal flip only", "seed": args.seed},
         "judge_min_accuracy": args.judge_min_accuracy,
         "scores": "per attribute: accuracy, balanced_accuracy = (TPR + TNR) / 2, images counted (hair colours: "
                   "faces with exactly one of Black/Blond/Brown), positives; judge_ok = balanced >= judge_min_accuracy",

@@ -92,6 +92,10 @@ class SyntheticConfig:
     celeba_images: int = knob(1200, lo=10, doc="images in the CelebA-like set")
     rafd_identities: int = knob(24, lo=2, doc="identities in the RaFD-like set (8 expressions each)")
     image_size: int = knob(96, lo=32, hi=1024, doc="side of the in-the-wild canvas, pixels")
+    celeba_smiling: float = knob(0.45, lo=0.0, hi=1.0,
+                                 doc="share of CelebA-like faces drawn smiling (real CelebA: 0.48), a label the "
+                                     "default does not train on; the default sets 0: G learnt to keep an "
+                                     "unlabelled smile, which blocked the cross-dataset expressions (README)")
     clutter: bool = knob(False, doc="random shapes and sensor noise behind the CelebA-like faces (harder to "
                                     "reconstruct); false: a clean two-colour gradient (README 'The default model')")
     test_fraction: float = knob(0.1, lo=0.0, hi=0.5)
@@ -166,6 +170,9 @@ class V1Config:
                                        "(conditional IN), starting as plain IN; false = the paper, where "
                                        "the label enters only as input channels")
     g_edge_kernel: int = knob(7, choices=(1, 3, 5, 7), doc="kernel of G's first and last conv (the paper: 7)")
+    random_affine: bool = knob(False, doc="training images also get a small random scale/rotation/shift "
+                                          "(stargan/data/transforms.py v1_train_affine); false = the paper's "
+                                          "flips only")
     residual_scale: float = knob(1.0, lo=0, doc="with residual: G returns clamp(x + scale * tanh(...)); 2 lets a "
                                                 "pixel reach any value from any other (blond hair can turn "
                                                 "black), 1 (the first residual G) cannot move one by more than "
@@ -279,6 +286,10 @@ class EvaluateConfig:
                                          "lower: 0.9 = TPR - FPR >= 0.8 (stargan/evaluation/judge.py)")
     classifier_batch_size: int = knob(32, lo=1)
     classifier_lr: float = knob(1e-3, lo=0)
+    classifier_augment: bool = knob(True, doc="train the judge with small random affine, colour and blur "
+                                              "augmentation (stargan/data/transforms.py judge_train): without "
+                                              "it, it fails on faces framed unlike its training set (the "
+                                              "cross-dataset targets); false = flips only")
     download_weights: bool = knob(True, doc="fetch missing FID/LPIPS weights from their official URLs")
     grid_images: int = knob(8, lo=1, doc="source images (rows) in the sample grids")
 

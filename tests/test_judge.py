@@ -19,6 +19,8 @@ from stargan.evaluation.classifier import (Classifier, classifier_path, load_cla
                                            train_classifiers)
 from stargan.evaluation.classifier_nets import ARCHS, ResNetClassifier, build_classifier_net
 from stargan.evaluation.judge import LabelCounts, exclusive_counts, verdict
+from stargan.evaluation.metric_accuracy import _judge
+from stargan.evaluation.metrics import MetricResult
 from stargan.evaluation.report import build_report, write_tables
 from stargan.evaluation.tasks import EvalContext
 from stargan.inference import V1Model, V2Model
@@ -225,12 +227,14 @@ def test_judge_ok_is_false_exactly_when_the_judge_scores_below_the_threshold(pro
         section, ok = judged.sections["judge"], judged.sections["judge"]["judge_ok"]
         for key in targets:
             bal = judged.results.get(f"{key}/judge_balanced_accuracy")
-            assert ok[key] == (bal is not None and bal >= thr), (key, bal, thr)
+            truth = judged.results.get(f"{key}/judge_truth_accuracy")
+            assert ok[key] == (bal is not None and bal >= thr and (truth is None or truth >= thr)), (key, bal, truth)
         assert ok["mean"] == all(ok[k] for k in targets if "_to_" not in k)
         assert section["not_meaningful"] == sorted(k for k, v in ok.items() if not v)
         assert section["min_accuracy"] == thr
         verdicts[thr] = ok
-    at_score = [k for k in targets if first.results.get(f"{k}/judge_balanced_accuracy") == at]
+    at_score = [k for k in targets if first.results.get(f"{k}/judge_balanced_accuracy") == at
+                and first.results.get(f"{k}/judge_truth_accuracy", 1.0) >= at]
     assert at_score and all(verdicts[at][k] and not verdicts[at + 1e-9][k] for k in at_score)
     assert any(verdicts[at].values()) and not all(verdicts[at].values())
 
@@ -253,3 +257,72 @@ def test_v2_targets_are_judged_per_domain(project):
         assert bal == res.results["real/celeba/domain/Blond_Hair/balanced_accuracy"]
         assert ok[key] == (bal >= 0.9)
     assert ok["mean"] == all(v for k, v in ok.items() if not k.endswith("mean"))
+
+
+def test_on_synthetic_data_the_judge_is_also_scored_on_the_true_counterfactuals(project):
+    """Real test images cannot tell whether the RaFD judge reads expressions on CelebA faces; the rendered
+    truth can: every target whose counterfactual the renderer draws carries the judge's accuracy on it, and
+    a judge that fails there makes the target not meaningful even when it knows its own real images."""
+    cfg = load_config(project / "params.yaml")
+    model = _v1_model(project, cfg)
+    res = calc_metric("target_accuracy", _ctx(project, model, cfg))
+    targets = [f"{r['source']}/{r['target']}" for r in res.tables["eval_accuracy"]]
+    with_truth = {k for k in targets if f"{k}/judge_truth_accuracy" in res.results}
+    # own targets and CelebA faces given expressions; not RaFD faces given CelebA attributes (not one face)
+    assert with_truth == {k for k in targets if not k.startswith("rafd_to_celeba/")}
+    assert all(0.0 <= res.results[f"{k}/judge_truth_accuracy"] <= 1.0 for k in with_truth)
+    rows = {f"{r['source']}/{r['target']}": r for r in res.tables["eval_accuracy"]}
+    assert all(rows[k]["judge_truth_accuracy"] == res.results[f"{k}/judge_truth_accuracy"] for k in with_truth)
+    assert "judge_truth_accuracy" in res.sections["judge"]["rule"]
+
+
+def test_a_judge_that_misreads_the_truth_makes_its_target_not_meaningful():
+    res, ok = MetricResult("target_accuracy"), {}
+    real = {"accuracy": 1.0, "balanced_accuracy": 1.0, "images": 72, "positives": 18}
+    for key, truth in (("celeba_to_rafd/sad", 0.59), ("celeba_to_rafd/happy", 0.9), ("rafd_to_celeba/Male", None)):
+        row = {}
+        _judge(res, key, real, row, 0.9, ok, truth)
+        assert row["judge_ok"] is ok[key] and row.get("judge_truth_accuracy") == truth
+    assert ok == {"celeba_to_rafd/sad": False, "celeba_to_rafd/happy": True, "rafd_to_celeba/Male": True}
+    assert "rafd_to_celeba/Male/judge_truth_accuracy" not in res.results
+    assert res.results["celeba_to_rafd/sad/judge_truth_accuracy"] == 0.59
+
+
+def test_real_data_has_no_truth_score(project):
+    """A dataset that is not synthetic has no rendered counterfactuals: its targets carry the real-image
+    scores only (no judge_truth_accuracy, nothing invented)."""
+    cfg = load_config(project / "params.yaml")
+    real = dataclasses.replace(cfg.data.datasets["celeba"], source="local")
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, datasets={**cfg.data.datasets, "celeba": real}))
+    res = calc_metric("target_accuracy", _ctx(project, _v1_model(project, cfg), cfg))
+    keys = [k for k in res.results if k.endswith("/judge_truth_accuracy")]
+    assert keys and not any(k.startswith("celeba") for k in keys)
+    assert {k.split("/")[0] for k in keys} == {"rafd"}
+
+
+@pytest.mark.slow
+def test_the_real_face_judge_benchmark_runs_with_and_without_augmentation(tmp_path):
+    """benchmarks/judge_celeba.py (the README's table for real faces) trains through the classifier step's
+    own train_classifier; a CelebA-layout folder (synthetic here) goes through the data stages, and each
+    run records whether the judge trained with the judge_train augmentations."""
+    import subprocess
+    import sys
+
+    from stargan.config import SyntheticConfig
+    from stargan.data.synthetic import write_celeba_like
+    from tiny_project import REPO, env
+
+    write_celeba_like(tmp_path / "celeba", SyntheticConfig(seed=1, celeba_images=120, image_size=48))
+    out = tmp_path / "judge.json"
+    for flag in ("--augment", "--no-augment"):
+        proc = subprocess.run([sys.executable, "benchmarks/judge_celeba.py", "--celeba", str(tmp_path / "celeba"),
+                               "--project", str(tmp_path / "project"), "--runs", "small:4:6", "--image-size", "32",
+                               "--threads", "1", flag, "--out", str(out), "--append"],
+                              cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = json.loads(out.read_text())["runs"]
+    assert [(r["arch"], r["width"], r["iters"], r["augment"]) for r in runs] == [("small", 4, 6, True),
+                                                                                  ("small", 4, 6, False)]
+    for r in runs:
+        assert set(r["test"]["labels"]) == {"Black_Hair", "Blond_Hair", "Brown_Hair", "Male", "Young"}
+        assert r["test"]["images"] > 0 and 0.0 <= r["test"]["mean_accuracy"] <= 1.0

@@ -217,3 +217,20 @@ def test_training_streams_are_uint8_and_to_model_input_converts_them(shards):
     assert float(to_unit_range(torch.tensor([0, 255], dtype=torch.uint8)).abs().max()) == 1.0
     floats = torch.rand(2, 3, 4, 4)
     assert torch.equal(to_model_input(floats, torch.device("cpu")), floats)   # float batches only move
+
+
+def test_random_affine_reframes_the_v1_training_images_and_only_when_asked(shards):
+    """train.v1.random_affine: the same images and labels, most of them reframed (not only mirrored);
+    off (the paper), exactly the flips-only stream."""
+    import dataclasses
+
+    plain_cfg = TrainConfig(batch_size=8, image_size=16)
+    affine_cfg = dataclasses.replace(plain_cfg, v1=dataclasses.replace(plain_cfg.v1, random_affine=True))
+    plain, affine = train_stream(shards, plain_cfg), train_stream(shards, affine_cfg)
+    assert (plain.transform.mode, affine.transform.mode) == ("v1_train", "v1_train_affine")
+    a, b = next(iter(plain)), next(iter(affine))
+    assert torch.equal(a["label"], b["label"])
+    x, y = a["image"].float(), b["image"].float()
+    moved = torch.minimum((x - y).abs().mean(dim=(1, 2, 3)), (x.flip(-1) - y).abs().mean(dim=(1, 2, 3))) > 2.0
+    assert 3 <= int(moved.sum()) <= 8
+    assert torch.equal(next(iter(train_stream(shards, plain_cfg)))["image"], a["image"])

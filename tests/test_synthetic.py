@@ -50,6 +50,25 @@ def test_same_config_same_bytes_and_rewrite_replaces(celeba, rafd, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "r"]      # no staging folders left
 
 
+def test_drawing_on_several_processes_writes_the_same_bytes(tmp_path, monkeypatch):
+    """The writers draw on every core; a set's bytes must not depend on how many there are."""
+    import stargan.data.synthetic.writers as writers
+
+    cfg = dataclasses.replace(SMALL, celeba_images=80, rafd_identities=10)     # 80 faces each: above the
+    monkeypatch.setattr(writers.os, "cpu_count", lambda: 1)                    # pool's 64-face threshold
+    write_celeba_like(tmp_path / "c1", cfg)
+    write_rafd_like(tmp_path / "r1", cfg)
+    pools, real_pool = [], writers.ProcessPoolExecutor
+    monkeypatch.setattr(writers.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(writers, "ProcessPoolExecutor", lambda n, **kw: pools.append(n) or real_pool(n, **kw))
+    write_celeba_like(tmp_path / "c2", cfg)
+    write_rafd_like(tmp_path / "r2", cfg)
+    assert pools == [2, 2]
+    assert _files(tmp_path / "c1") == _files(tmp_path / "c2")
+    assert _files(tmp_path / "r1") == _files(tmp_path / "r2")
+    assert len(_files(tmp_path / "c2")) == 80 + 5 and len(_files(tmp_path / "r2")) == 80 + 1
+
+
 def test_celeba_like_parses_with_true_labels_landmarks_and_splits(celeba):
     idx = read_dataset(celeba, "celeba", list(CELEBA_ATTRIBUTES), "celeba")
     assert len(idx.records) == SMALL.celeba_images and idx.label_kind == "multi"

@@ -356,7 +356,7 @@ def train_stream(shard_dir: str | Path, cfg: TrainConfig, *, rank: int = 0, worl
                   world_size=world_size, start_batch=start_batch, uint8=True)
     if cfg.model == "v2":
         return BalancedStream(shard_dir, domains=cfg.v2.domains, randcrop_prob=cfg.v2.randcrop_prob, **common)
-    return TrainStream(shard_dir, **common)
+    return TrainStream(shard_dir, mode="v1_train_affine" if cfg.v1.random_affine else "v1_train", **common)
 
 
 def _worker_init(_: int) -> None:

@@ -7,6 +7,19 @@ The official pipelines (torchvision), rebuilt with albumentations:
 - ``v2_train`` (clovaai/stargan-v2 ``core/data_loader.py``): with probability ``randcrop_prob``
   ``RandomResizedCrop(scale=(0.8, 1), ratio=(0.9, 1.1))`` -> resize -> horizontal flip ->
   normalise.
+- ``v1_train_affine`` (``train.v1.random_affine``, not in the paper): ``v1_train`` plus the small
+  random affine below. Why: the RaFD-like studio faces sit at exactly the same pixels in every
+  image, so a jointly trained G can learn its expression edits as "paint here" and miss on
+  CelebA-like faces, which alignment frames a little differently each time (README "The
+  cross-dataset targets").
+- ``judge_train`` (the evaluation classifier, stargan/evaluation/classifier.py): flip, a small
+  random affine (scale 0.92-1.08, rotation +-8 degrees, shift +-4 %), colour jitter and, half the
+  time, a blur or down-and-up scaling -> resize -> normalise. Why: a judge trained with flips only
+  learns its dataset's exact framing and sharpness. Measured on the synthetic default, the RaFD-like
+  judge called the *true* counterfactual expressions of CelebA-like test faces right 0.82 / 0.69 of
+  the time (seeds 0 / 1; "sad" 0.59), so cross-dataset target accuracies measured the judge, not G;
+  with these augmentations 0.99 / 1.00 (geometry alone 0.98 / 0.99, colour alone 0.81 / 0.68, blur
+  alone 0.97 / 0.91). The judge's score on its own test images stays 1.0.
 - ``eval``: resize -> normalise, nothing random.
 
 Only the per-image, random or geometric steps run through albumentations; the uint8 -> [-1, 1]
@@ -36,7 +49,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-MODES = ("v1_train", "v2_train", "eval")
+MODES = ("v1_train", "v1_train_affine", "v2_train", "judge_train", "eval")
 _INV_HALF_RANGE = float(np.float32(1 / 127.5))
 
 
@@ -88,6 +101,13 @@ def _interpolation(source_size: int | None, image_size: int) -> int:
     return cv2.INTER_AREA if source_size is not None and image_size < source_size else cv2.INTER_LINEAR
 
 
+def _random_affine() -> A.Affine:
+    """Small random framing changes, 4 draws in 5: scale 0.92-1.08, rotation +-8 degrees, shift
+    +-4 % of the side, edges reflected (no black corners for a model to notice)."""
+    return A.Affine(scale=(0.92, 1.08), rotate=(-8, 8), translate_percent=(-0.04, 0.04),
+                    border_mode=cv2.BORDER_REFLECT_101, p=0.8)
+
+
 def build_transform(mode: str, image_size: int, source_size: int | None = None,
                     randcrop_prob: float = 0.5) -> BatchTransform:
     """The transform for ``mode`` in ``MODES``, to ``image_size`` square, from ``source_size``
@@ -102,6 +122,13 @@ def build_transform(mode: str, image_size: int, source_size: int | None = None,
         crop = A.RandomResizedCrop(size=(image_size, image_size), scale=(0.8, 1.0), ratio=(0.9, 1.1),
                                    interpolation=interp, p=randcrop_prob)
         steps = [crop, resize, A.HorizontalFlip(p=0.5)]
+    elif mode == "v1_train_affine":
+        steps = [A.HorizontalFlip(p=0.5), _random_affine(), resize]
+    elif mode == "judge_train":
+        steps = [A.HorizontalFlip(p=0.5), _random_affine(),
+                 A.ColorJitter(brightness=0.25, contrast=0.25, saturation=0.3, hue=0.05, p=0.8),
+                 A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.Downscale(scale_range=(0.4, 0.8))], p=0.5),
+                 resize]
     else:
         steps = [resize]
     return BatchTransform(A.Compose(steps), mode, image_size)

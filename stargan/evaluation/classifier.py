@@ -91,14 +91,16 @@ def label_accuracy(pred: Tensor, labels: Tensor, kind: str) -> Tensor:
 
 def train_classifier(shard_dir: Path, *, dataset: str, image_size: int, width: int, iters: int, batch_size: int,
                      lr: float, seed: int = 0, device: str | torch.device = "cpu", progress_every_s: float = 2.0,
-                     arch: str = "small") -> Classifier:
-    """Train the ``arch`` network on the ``train`` split of one dataset's shards (flip
-    augmentation, Adam, one-cycle learning rate). A progress line (step/total, rate, ETA, mean loss
+                     arch: str = "small", augment: bool = True) -> Classifier:
+    """Train the ``arch`` network on the ``train`` split of one dataset's shards (``augment``: the
+    ``judge_train`` augmentations of stargan/data/transforms.py, else flips only; Adam, one-cycle
+    learning rate). A progress line (step/total, rate, ETA, mean loss
     since the last line) at most every ``progress_every_s`` seconds, and at the end."""
     from stargan.data.loader import TrainStream, make_loader
 
     torch.manual_seed(seed)
-    stream = TrainStream(shard_dir, batch_size=batch_size, image_size=image_size, mode="v1_train", seed=seed)
+    stream = TrainStream(shard_dir, batch_size=batch_size, image_size=image_size,
+                         mode="judge_train" if augment else "v1_train", seed=seed)
     names, kind = list(stream.manifest["label_names"]), stream.manifest["label_kind"]
     net = build_classifier_net(arch, len(names), width, image_size).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.999))
@@ -120,8 +122,8 @@ def train_classifier(shard_dir: Path, *, dataset: str, image_size: int, width: i
         if step >= iters:
             break
     net.eval().requires_grad_(False)
-    return Classifier(net, dataset, names, kind, image_size, width, {"train_seconds": round(time.time() - t0, 2)},
-                      arch)
+    return Classifier(net, dataset, names, kind, image_size, width,
+                      {"train_seconds": round(time.time() - t0, 2), "augment": augment}, arch)
 
 
 @torch.no_grad()
@@ -196,7 +198,8 @@ def train_classifiers(cfg, repo_root: Path, device: str | torch.device | None = 
         shard_dir = Path(repo_root) / cfg.data.root / "shards" / ds
         clf = train_classifier(shard_dir, dataset=ds, image_size=cfg.train.image_size, width=ev.classifier_width,
                                iters=ev.classifier_iters, batch_size=ev.classifier_batch_size, lr=ev.classifier_lr,
-                               seed=cfg.train.seed, device=device, arch=ev.classifier_arch)
+                               seed=cfg.train.seed, device=device, arch=ev.classifier_arch,
+                               augment=ev.classifier_augment)
         clf.metrics.update(evaluate_real(clf, shard_dir, "test", ev.batch_size, device=device))
         clf.metrics.update(arch=clf.arch, width=clf.width, iters=ev.classifier_iters,
                            params=sum(p.numel() for p in clf.net.parameters()))

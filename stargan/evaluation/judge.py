@@ -10,6 +10,12 @@ change and sits FPR above zero, so J (not accuracy) says whether the number can 
 ``evaluate.judge_min_accuracy`` (0.9 by default: J >= 0.8) is the floor below which a target
 accuracy is flagged ``judge_ok: false`` in ``reports/eval.json``; both scores are reported.
 
+Real images of a dataset cannot tell whether its judge reads its labels on *another* dataset's
+faces (the cross-dataset targets of a jointly trained model). On synthetic data the true
+counterfactual of every translation can be rendered, so the judge is also scored on those
+(``judge_truth_accuracy``, stargan/evaluation/metric_accuracy.py: what a perfect generator would
+get) and a target is meaningful only when that reaches the floor too.
+
 Which real images count for a label: every test image, except for an exclusive group whose truth
 is not one of its members. The judge names one hair colour by argmax among the group (as the
 generator's targets set it), so for a hair-colour label only faces with exactly one of the
@@ -26,6 +32,8 @@ from torch import Tensor
 
 #: What ``evaluate.judge_min_accuracy`` is compared with, as reports/eval.json names it.
 MEASURE = "judge_balanced_accuracy"
+#: ... and, on synthetic data, also this: the judge's target accuracy on the true counterfactuals.
+TRUTH_MEASURE = "judge_truth_accuracy"
 
 
 @dataclass

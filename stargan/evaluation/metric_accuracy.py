@@ -10,9 +10,13 @@ every translated test image. Reported per source dataset and target:
 - ``real/<dataset>``: the classifier's own accuracy on real test images (its ceiling), and per
   label ``real/<dataset>/<label>/accuracy`` and ``.../balanced_accuracy``;
 - ``<key>/judge_accuracy``, ``<key>/judge_balanced_accuracy`` next to every target: the judge on
-  real images of the target's label (stargan/evaluation/judge.py), and in the eval.json section
-  ``judge`` whether each target accuracy is meaningful (``judge_ok``: balanced accuracy >=
-  ``evaluate.judge_min_accuracy``) and the list of those that are not.
+  real images of the target's label (stargan/evaluation/judge.py); on synthetic data also
+  ``<key>/judge_truth_accuracy``: the target accuracy of the *true* counterfactuals, the score of
+  a perfect generator. Real images of a dataset cannot tell whether its judge reads its labels on
+  another dataset's faces (a flips-only RaFD-like judge called true "sad" CelebA-like faces sad
+  0.59 of the time while scoring 1.0 on its own test set); this can. The eval.json section
+  ``judge`` says whether each target accuracy is meaningful (``judge_ok``: both scores >=
+  ``evaluate.judge_min_accuracy``) and lists those that are not.
 
 v2: ``<mode>/<src>_to_<trg>`` for latent- and reference-guided outputs, and their means; the judge
 is scored per domain (the domain the classifier's labels are assigned to vs the true one).
@@ -23,9 +27,11 @@ from collections import defaultdict
 
 import torch
 
-from stargan.evaluation.judge import MEASURE, LabelCounts, domain_onehot, verdict
+from stargan.evaluation.errors import MetricUnavailable
+from stargan.evaluation.judge import MEASURE, TRUTH_MEASURE, LabelCounts, domain_onehot, verdict
 from stargan.evaluation.metrics import MetricResult, register_metric
-from stargan.evaluation.tasks import EvalContext, V1Target, v1_translations, v2_dataset, v2_tasks, v2_translations
+from stargan.evaluation.tasks import (EvalContext, V1Target, ground_truth, v1_translations, v1_truth, v2_dataset,
+                                      v2_tasks, v2_translations)
 
 
 def target_hit(clf, pred: torch.Tensor, t: V1Target) -> torch.Tensor:
@@ -81,14 +87,21 @@ def _report_real(res: MetricResult, dataset: str, scores: dict[str, dict]) -> No
                 res.results[f"real/{dataset}/{label}/{k}"] = sc[k]
 
 
-def _judge(res: MetricResult, key: str, score: dict | None, row: dict, threshold: float, ok: dict) -> None:
-    """The judge's scores on the target's label next to the target accuracy (results and table row)."""
+def _judge(res: MetricResult, key: str, score: dict | None, row: dict, threshold: float, ok: dict,
+           on_truth: float | None = None) -> None:
+    """The judge's scores on the target's label next to the target accuracy (results and table row);
+    ``on_truth``: its target accuracy on the true counterfactuals (synthetic data), which must also
+    reach the threshold for ``judge_ok``."""
     acc, bal, ok[key] = verdict(score, threshold)
-    row.update(judge_accuracy=acc, judge_balanced_accuracy=bal, judge_ok=ok[key])
+    row.update(judge_accuracy=acc, judge_balanced_accuracy=bal)
     if acc is not None:
         res.results[f"{key}/judge_accuracy"] = acc
     if bal is not None:
         res.results[f"{key}/{MEASURE}"] = bal
+    if on_truth is not None:
+        res.results[f"{key}/{TRUTH_MEASURE}"] = row[TRUTH_MEASURE] = on_truth
+        ok[key] = ok[key] and on_truth >= threshold
+    row["judge_ok"] = ok[key]
 
 
 def _judge_section(ok: dict[str, bool], means: dict[str, list[str]], threshold: float) -> dict:
@@ -97,10 +110,18 @@ def _judge_section(ok: dict[str, bool], means: dict[str, list[str]], threshold: 
         ok[mean] = bool(keys) and all(ok[k] for k in keys)
     return {"min_accuracy": threshold, "measure": MEASURE,
             "rule": f"a target accuracy is meaningful (judge_ok) when the judge's {MEASURE} on real test images "
-                    f"of the target's label is >= min_accuracy (evaluate.judge_min_accuracy); a mean when all "
-                    f"its targets are",
+                    f"of the target's label is >= min_accuracy (evaluate.judge_min_accuracy) and, on synthetic "
+                    f"data, so is its {TRUTH_MEASURE} (the target accuracy of the true counterfactuals, what a "
+                    f"perfect generator would score); a mean when all its targets are",
             "judge_ok": dict(sorted(ok.items())),
             "not_meaningful": sorted(k for k, v in ok.items() if not v)}
+
+
+def _ground_truth_or_none(ctx: EvalContext, dataset: str):
+    try:
+        return ground_truth(ctx, dataset)
+    except MetricUnavailable:         # real data: no true counterfactuals to check the judge on
+        return None
 
 
 def target_key(src: str, t: V1Target) -> str:
@@ -115,7 +136,9 @@ def _v1(ctx: EvalContext) -> MetricResult:
     for ds in ctx.datasets():
         res.results[f"real/{ds}"], judge[ds] = real_scores(ctx, ds)
         _report_real(res, ds, judge[ds])
+    truth_hits, truth_n = defaultdict(float), defaultdict(int)
     for ds in ctx.datasets():
+        gt = _ground_truth_or_none(ctx, ds)
         for batch, outs in v1_translations(ctx, ds):
             for t, fake in outs:
                 clf = ctx.classifier(t.dataset)
@@ -126,6 +149,10 @@ def _v1(ctx: EvalContext) -> MetricResult:
                 counts[key] += fake.size(0)
                 if t.own and clf.label_kind == "multi":
                     kept[key] += float(others_kept(clf, pred, t).sum())
+                truth = v1_truth(ctx, gt, batch, t)[0] if gt is not None and all(batch["extra"]) else None
+                if truth is not None:
+                    truth_hits[key] += float(target_hit(clf, clf.predict(truth), t).sum())
+                    truth_n[key] += truth.size(0)
     groups, ok = defaultdict(list), {}
     for key, n in counts.items():
         acc = hits[key] / n
@@ -134,7 +161,8 @@ def _v1(ctx: EvalContext) -> MetricResult:
         if key in kept:
             res.results[f"{key}/others_kept"] = row["others_kept"] = kept[key] / n
         target_ds, label = label_of[key]
-        _judge(res, key, judge[target_ds].get(label), row, threshold, ok)
+        _judge(res, key, judge[target_ds].get(label), row, threshold, ok,
+               truth_hits[key] / truth_n[key] if truth_n[key] else None)
         res.tables.setdefault("eval_accuracy", []).append(row)
         groups[key.split("/")[0]].append(key)
     for g, keys in groups.items():

@@ -30,8 +30,8 @@ from stargan.evaluation.errors import MetricUnavailable
 from stargan.evaluation.image_metrics import all_metrics, l1
 from stargan.evaluation.metric_accuracy import target_key
 from stargan.evaluation.metrics import MetricResult, register_metric
-from stargan.evaluation.tasks import (EvalContext, ground_truth, v1_translations, v2_dataset, v2_domain_labels,
-                                      v2_tasks, v2_translations)
+from stargan.evaluation.tasks import (NOT_ONE_FACE, EvalContext, ground_truth, v1_translations, v1_truth, v2_dataset,
+                                      v2_domain_labels, v2_tasks, v2_translations)
 
 FLOOR_LIMIT = 0.08          # mean L1 in [0, 1] above which the renderer does not match the data
 
@@ -112,16 +112,11 @@ def _v1(ctx: EvalContext) -> MetricResult:
                 raise MetricUnavailable(f"'{ds}' test images carry no render parameters", "re-run `dvc repro shard`")
             floors.append(_floor(ctx, gt, ds, batch))
             for t, fake in outs:
+                truth, why_not = v1_truth(ctx, gt, batch, t)
+                if truth is None:
+                    skipped[f"{ds}_to_{t.dataset}" if why_not == NOT_ONE_FACE else target_key(ds, t)] = why_not
+                    continue
                 names = list(layout.datasets[t.dataset_idx].label_names)
-                if not t.own and layout.datasets[t.dataset_idx].kind != "onehot":
-                    skipped[f"{ds}_to_{t.dataset}"] = ("G gets zeros for the attributes this image has no labels "
-                                                      "for, so the target is not one face")
-                    continue
-                try:
-                    truth = gt.batch(batch, names, t.labels, ctx.device)
-                except ValueError as e:        # labels the renderer does not draw
-                    skipped[target_key(ds, t)] = str(e)
-                    continue
                 sums.add(target_key(ds, t), fake, batch["image"], truth, gt.changed(batch, names, t.labels))
         if floors:
             res.results[f"{ds}/render_floor_l1"] = sum(floors) / len(floors)

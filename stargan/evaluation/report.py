@@ -20,7 +20,7 @@ from stargan.visualize import labelled_grid, save_png
 #: per-target tables (reports/<table>.csv): their columns in order.
 TABLES = {
     "eval_accuracy": ["name", "source", "target", "accuracy", "others_kept", "images", "judge_accuracy",
-                      "judge_balanced_accuracy", "judge_ok"],
+                      "judge_balanced_accuracy", "judge_truth_accuracy", "judge_ok"],
     "eval_counterfactual": ["name", "source", "target", "l1", "identity_l1", "l1_gain", "psnr", "identity_psnr",
                             "ssim", "identity_ssim", "images", "kept_l1", "kept_images"],
     "eval_fid": ["task", "fid"],

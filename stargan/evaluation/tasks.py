@@ -336,3 +336,19 @@ def ground_truth(ctx: EvalContext, dataset: str) -> GroundTruth:
     if key not in _GT:
         _GT[key] = GroundTruth(*key)
     return _GT[key]
+
+
+NOT_ONE_FACE = "G gets zeros for the attributes this image has no labels for, so the target is not one face"
+
+
+def v1_truth(ctx: EvalContext, gt: GroundTruth, batch: dict, t: V1Target) -> tuple[Tensor | None, str | None]:
+    """``(true counterfactuals [B, 3, H, W], None)`` of a synthetic test batch for target ``t``, or
+    ``(None, why not)``: an RaFD-like face given CelebA attributes (``NOT_ONE_FACE``), or labels the
+    renderer does not draw."""
+    d = ctx.model.layout.datasets[t.dataset_idx]
+    if not t.own and d.kind != "onehot":
+        return None, NOT_ONE_FACE
+    try:
+        return gt.batch(batch, list(d.label_names), t.labels, ctx.device), None
+    except ValueError as e:
+        return None, str(e)

@@ -7,7 +7,11 @@ looks whole. Output bytes depend only on the :class:`SyntheticConfig`.
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -23,6 +27,22 @@ JPEG_QUALITY = 95
 PARAMS_FILE = "list_synthetic_params.jsonl"
 LANDMARK_HEADER = ("lefteye_x lefteye_y righteye_x righteye_y nose_x nose_y "
                    "leftmouth_x leftmouth_y rightmouth_x rightmouth_y")
+
+
+def _render_jpeg(p: FaceParams, size: int) -> tuple[bytes, np.ndarray]:
+    rgb, lm = render(p, size)
+    return encode_jpeg(rgb, JPEG_QUALITY), lm
+
+
+def _render_all(faces: Sequence[FaceParams], size: int) -> list[tuple[bytes, np.ndarray]]:
+    """JPEG bytes and landmarks of every face, drawn on every core (drawing is most of the
+    download stage's time on the default). Each image is a pure function of its parameters, so
+    the bytes do not depend on how many processes drew them."""
+    workers = min(os.cpu_count() or 1, 8)
+    if workers < 2 or len(faces) < 64:
+        return [_render_jpeg(p, size) for p in faces]
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(_render_jpeg, faces, [size] * len(faces), chunksize=32))
 
 
 def _write_params(path: Path, rows: list[tuple[str, FaceParams]]) -> None:
@@ -65,7 +85,7 @@ def _celeba_faces(cfg: SyntheticConfig) -> list[tuple[FaceParams, int]]:
         young = who["young"] if rng.random() < 0.85 else not who["young"]
         p = FaceParams(identity=int(ident) + 1, **who["traits"], **sample_wild_pose(rng, cfg.clutter), hair=hair,
                        male=who["male"], young=young, eyeglasses=bool(rng.random() < who["glasses"]),
-                       expression="happy" if rng.random() < 0.45 else "neutral")
+                       expression="happy" if rng.random() < cfg.celeba_smiling else "neutral")
         faces.append((p, int(part[ident])))
     return faces
 
@@ -77,9 +97,9 @@ def write_celeba_like(root: Path, cfg: SyntheticConfig) -> None:
     with staged_dir(root) as tmp:
         (tmp / "img_celeba").mkdir()
         attr_rows, lm_rows = [], []
-        for name, (p, _) in zip(names, faces):
-            rgb, lm = render(p, cfg.image_size)
-            (tmp / "img_celeba" / name).write_bytes(encode_jpeg(rgb, JPEG_QUALITY))
+        drawn = _render_all([p for p, _ in faces], cfg.image_size)
+        for name, (p, _), (jpeg, lm) in zip(names, faces, drawn):
+            (tmp / "img_celeba" / name).write_bytes(jpeg)
             attr_rows.append(name + " " + " ".join(f"{2 * v - 1:2d}" for v in celeba_labels(p)))
             lm_rows.append(name + " " + " ".join(f"{int(v):4d}" for v in np.round(lm).reshape(-1)))
         count = str(len(names))
@@ -105,14 +125,14 @@ def write_rafd_like(root: Path, cfg: SyntheticConfig) -> None:
         people.append(dict(identity=ident, **sample_traits(rng), male=bool(ident % 2),
                            hair=HAIR_COLOURS[int(rng.integers(3))], young=bool(rng.random() < 0.75)))
     rows = []
+    for expression in RAFD_EXPRESSIONS:
+        for who in people:
+            p = FaceParams(**{**who, "clothes": (28, 28, 30)}, **studio_pose(), eyeglasses=False,
+                           expression=expression)
+            rows.append((f"{expression}/{rafd_filename(p.identity, p.male, expression)}", p))
     with staged_dir(root) as tmp:
         for expression in RAFD_EXPRESSIONS:
             (tmp / expression).mkdir()
-            for who in people:
-                p = FaceParams(**{**who, "clothes": (28, 28, 30)}, **studio_pose(), eyeglasses=False,
-                               expression=expression)
-                key = f"{expression}/{rafd_filename(p.identity, p.male, expression)}"
-                rgb, _ = render(p, cfg.image_size)
-                (tmp / key).write_bytes(encode_jpeg(rgb, JPEG_QUALITY))
-                rows.append((key, p))
+        for (key, _), (jpeg, _) in zip(rows, _render_all([p for _, p in rows], cfg.image_size)):
+            (tmp / key).write_bytes(jpeg)
         _write_params(tmp / PARAMS_FILE, rows)
