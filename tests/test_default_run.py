@@ -3,13 +3,15 @@ project's dvc.yaml, stage scripts and params.yaml exactly as committed (empty da
 tuned.yaml), at the machine's own thread count; then the evaluate stage's own verdict.
 
 What is asserted is what the README's "Baseline figures" promise for the default, with room for
-another CPU's rounding and its sweep choosing another λ_cls (seeds and budgets near the default's
-gave 0.85-0.93 mean accuracy, 10-12 of 13 targets beating the input, RaFD->CelebA Brown_Hair down
-to 0.71: benchmarks/results/default-gupdates-cpu.json): the judge knows the real images, the hair colours and Male are
-recognised on nearly every translation, most targets move faces towards their true counterfactual,
-and what a target should keep is kept. The issue's stricter targets (every target >= 0.9, >= 80 %
-beating the input) are reported in the failure message for comparison, not asserted: the default
-does not reach them on every target (README, "Baseline figures").
+another CPU's rounding and its sweep choosing another λ_cls (in-process seeds of the default gave
+CelebA->RaFD expressions 0.85-1.00 and RaFD-like angry 0.71-0.94; before it, 0.85-0.93 mean accuracy
+and RaFD->CelebA targets down to 0.71: benchmarks/results/default-cross-dataset-cpu.json,
+default-gupdates-cpu.json): the judge knows the real images and reads every target's true
+counterfactual, the hair colours and Male are recognised on nearly every translation, CelebA-like
+faces take the RaFD-like expressions, most targets move faces towards their true counterfactual,
+and what a target should keep is kept. The issue's stricter target (every target >= 0.9) is
+reported in the failure message for comparison, not asserted: the default misses it on one or two
+targets (README, "Baseline figures").
 """
 from __future__ import annotations
 
@@ -60,9 +62,11 @@ def test_a_fresh_dvc_repro_of_the_default_visibly_translates(fresh_run):
     truth = {k: v for k, v in report.items() if k.endswith("/judge_truth_accuracy")}
     assert len(truth) == 13 and min(truth.values()) >= 0.9, {k: round(v, 2) for k, v in truth.items()}
     assert len(acc) == 18 and len(gains) == 13, summary                      # 5 + 4 own, 4 + 5 across
-    assert headline["accuracy"] >= 0.8 and headline["worst_accuracy"] >= 0.25, summary
+    assert headline["accuracy"] >= 0.85 and headline["worst_accuracy"] >= 0.5, summary
     assert all(acc[f"celeba/{a}"] >= 0.9 for a in HAIR_AND_MALE), summary
     assert all(acc[f"rafd_to_celeba/{a}"] >= 0.65 for a in HAIR_AND_MALE), summary
-    assert headline["beats_input"] >= 0.7 and headline["l1_gain"] > 0.01, summary
+    # CelebA-like faces visibly take the RaFD-like expressions (the mask vector across datasets)
+    assert all(acc[f"celeba_to_rafd/{e}"] >= 0.75 for e in ("angry", "happy", "sad", "surprised")), summary
+    assert headline["beats_input"] >= 0.75 and headline["l1_gain"] > 0.01, summary
     assert all(gains[k] > 0 for k in gains if not k.startswith("celeba_to_rafd/")), summary   # every own target
     assert headline["kept_ratio"] <= 0.2, summary
