@@ -326,3 +326,14 @@ def test_the_real_face_judge_benchmark_runs_with_and_without_augmentation(tmp_pa
     for r in runs:
         assert set(r["test"]["labels"]) == {"Black_Hair", "Blond_Hair", "Brown_Hair", "Male", "Young"}
         assert r["test"]["images"] > 0 and 0.0 <= r["test"]["mean_accuracy"] <= 1.0
+
+
+def test_no_truth_score_when_the_renderer_does_not_reproduce_the_data(project):
+    """Params that differ from those the data was built with (here the canvas size) render other images
+    than the stored ones: no truth score is reported rather than one against wrong renders."""
+    cfg = load_config(project / "params.yaml")
+    other = dataclasses.replace(cfg, synthetic=dataclasses.replace(cfg.synthetic, image_size=cfg.synthetic.image_size * 2))
+    res = calc_metric("target_accuracy", _ctx(project, _v1_model(project, other), other))
+    assert res.available and not [k for k in res.results if k.endswith("/judge_truth_accuracy")]
+    same = calc_metric("target_accuracy", _ctx(project, _v1_model(project, cfg), cfg))
+    assert [k for k in same.results if k.endswith("/judge_truth_accuracy")]

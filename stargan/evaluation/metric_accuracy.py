@@ -30,8 +30,8 @@ import torch
 from stargan.evaluation.errors import MetricUnavailable
 from stargan.evaluation.judge import MEASURE, TRUTH_MEASURE, LabelCounts, domain_onehot, verdict
 from stargan.evaluation.metrics import MetricResult, register_metric
-from stargan.evaluation.tasks import (EvalContext, V1Target, ground_truth, v1_translations, v1_truth, v2_dataset,
-                                      v2_tasks, v2_translations)
+from stargan.evaluation.tasks import (EvalContext, V1Target, ground_truth, render_floor, v1_translations, v1_truth,
+                                      v2_dataset, v2_tasks, v2_translations)
 
 
 def target_hit(clf, pred: torch.Tensor, t: V1Target) -> torch.Tensor:
@@ -124,6 +124,16 @@ def _ground_truth_or_none(ctx: EvalContext, dataset: str):
         return None
 
 
+def _renders_true(ctx: EvalContext, gt, dataset: str, batch: dict) -> bool:
+    if not all(batch["extra"]):
+        return False
+    try:
+        render_floor(ctx, gt, dataset, batch)
+    except MetricUnavailable:
+        return False
+    return True
+
+
 def target_key(src: str, t: V1Target) -> str:
     label = t.name.split("/")[-1]
     return f"{src}/{label}" if t.own else f"{src}_to_{t.dataset}/{label}"
@@ -140,6 +150,7 @@ def _v1(ctx: EvalContext) -> MetricResult:
     for ds in ctx.datasets():
         gt = _ground_truth_or_none(ctx, ds)
         for batch, outs in v1_translations(ctx, ds):
+            batch_gt = gt if gt is not None and _renders_true(ctx, gt, ds, batch) else None
             for t, fake in outs:
                 clf = ctx.classifier(t.dataset)
                 pred = clf.predict(fake)
@@ -149,7 +160,7 @@ def _v1(ctx: EvalContext) -> MetricResult:
                 counts[key] += fake.size(0)
                 if t.own and clf.label_kind == "multi":
                     kept[key] += float(others_kept(clf, pred, t).sum())
-                truth = v1_truth(ctx, gt, batch, t)[0] if gt is not None and all(batch["extra"]) else None
+                truth = v1_truth(ctx, batch_gt, batch, t)[0] if batch_gt is not None else None
                 if truth is not None:
                     truth_hits[key] += float(target_hit(clf, clf.predict(truth), t).sum())
                     truth_n[key] += truth.size(0)

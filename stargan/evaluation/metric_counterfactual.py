@@ -30,10 +30,8 @@ from stargan.evaluation.errors import MetricUnavailable
 from stargan.evaluation.image_metrics import all_metrics, l1
 from stargan.evaluation.metric_accuracy import target_key
 from stargan.evaluation.metrics import MetricResult, register_metric
-from stargan.evaluation.tasks import (NOT_ONE_FACE, EvalContext, ground_truth, v1_translations, v1_truth, v2_dataset,
-                                      v2_domain_labels, v2_tasks, v2_translations)
-
-FLOOR_LIMIT = 0.08          # mean L1 in [0, 1] above which the renderer does not match the data
+from stargan.evaluation.tasks import (NOT_ONE_FACE, EvalContext, ground_truth, render_floor, v1_translations, v1_truth,
+                                      v2_dataset, v2_domain_labels, v2_tasks, v2_translations)
 
 
 class _Sums:
@@ -87,16 +85,6 @@ class _Sums:
                 res.results[prefix + "fraction_beating_identity"] = beating / len(gains)
 
 
-def _floor(ctx: EvalContext, gt, ds: str, batch: dict) -> float:
-    floor = all_metrics(gt.batch(batch, None, None, ctx.device), batch["image"])["l1"].mean().item()
-    if floor > FLOOR_LIMIT:
-        raise MetricUnavailable(f"rendering the stored parameters of '{ds}' test images does not reproduce them "
-                                f"(L1 {floor:.3f} > {FLOOR_LIMIT}): the data was made with other settings",
-                                "evaluate with the params.yaml the data was built with (synthetic.image_size, "
-                                "align.image_size)")
-    return floor
-
-
 def _v1(ctx: EvalContext) -> MetricResult:
     res, sums, skipped = MetricResult("counterfactual"), _Sums(), {}
     layout = ctx.model.layout
@@ -110,7 +98,7 @@ def _v1(ctx: EvalContext) -> MetricResult:
         for batch, outs in v1_translations(ctx, ds):
             if not all(batch["extra"]):
                 raise MetricUnavailable(f"'{ds}' test images carry no render parameters", "re-run `dvc repro shard`")
-            floors.append(_floor(ctx, gt, ds, batch))
+            floors.append(render_floor(ctx, gt, ds, batch))
             for t, fake in outs:
                 truth, why_not = v1_truth(ctx, gt, batch, t)
                 if truth is None:
@@ -140,7 +128,7 @@ def _v2(ctx: EvalContext) -> MetricResult:
             lnames, values = v2_domain_labels(ctx.model, label_names, trg)
             for batch, outs in v2_translations(ctx, src, trg, mode, num_outs=1):
                 if mode == "latent":
-                    floors.append(_floor(ctx, gt, ds, batch))
+                    floors.append(render_floor(ctx, gt, ds, batch))
                 labels = torch.tensor([values] * batch["image"].size(0), dtype=torch.float32)
                 truth = gt.batch(batch, lnames, labels, ctx.device)
                 sums.add(f"{mode}/{names[src]}_to_{names[trg]}", outs[0], batch["image"], truth,

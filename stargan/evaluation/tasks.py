@@ -31,6 +31,7 @@ from stargan.data.synthetic import FaceParams, counterfactual, render
 from stargan.data.transforms import build_transform
 from stargan.evaluation.classifier import classifier_path, load_classifier
 from stargan.evaluation.errors import MetricUnavailable
+from stargan.evaluation.image_metrics import l1
 from stargan.inference import V1Model, V2Model
 from stargan.training.labels import HAIR_COLOURS, LabelLayout
 
@@ -352,3 +353,19 @@ def v1_truth(ctx: EvalContext, gt: GroundTruth, batch: dict, t: V1Target) -> tup
         return gt.batch(batch, list(d.label_names), t.labels, ctx.device), None
     except ValueError as e:
         return None, str(e)
+
+
+FLOOR_LIMIT = 0.08          # mean L1 in [0, 1] above which the renderer does not match the data
+
+
+def render_floor(ctx: EvalContext, gt: GroundTruth, dataset: str, batch: dict) -> float:
+    """Mean L1 of the batch's unchanged parameters rendered vs its stored images (JPEG and
+    resampling noise); :class:`MetricUnavailable` above ``FLOOR_LIMIT``, where the data was made
+    with other settings and no rendered truth can be trusted."""
+    floor = l1(gt.batch(batch, None, None, ctx.device), batch["image"]).mean().item()
+    if floor > FLOOR_LIMIT:
+        raise MetricUnavailable(f"rendering the stored parameters of '{dataset}' test images does not reproduce "
+                                f"them (L1 {floor:.3f} > {FLOOR_LIMIT}): the data was made with other settings",
+                                "evaluate with the params.yaml the data was built with (synthetic.image_size, "
+                                "align.image_size)")
+    return floor
