@@ -21,6 +21,10 @@ def main(cfg, root: Path) -> None:
     report = evaluate_checkpoint(cfg, root)
     print(f"[evaluate] wrote {root / EVAL_REPORT} and {root / HEADLINE}: "
           + ", ".join(f"{k} {v:g}" for k, v in headline(report).items()))
+    unmeasured = [k for k in report.get("judge", {}).get("not_meaningful", []) if not k.endswith("mean")]
+    if unmeasured:
+        print(f"[evaluate] the judge cannot measure {', '.join(unmeasured)} (judge_ok false: its scores on real "
+              f"or true images of the label are below evaluate.judge_min_accuracy; reports/eval.json 'judge')")
 
 
 if __name__ == "__main__":

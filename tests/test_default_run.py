@@ -60,7 +60,9 @@ def test_a_fresh_dvc_repro_of_the_default_visibly_translates(fresh_run):
     # the judge reads every target on the true counterfactuals too, the cross-dataset ones included (a
     # flips-only judge scored 0.59-0.97 on CelebA-like faces given RaFD expressions): what G is measured by
     truth = {k: v for k, v in report.items() if k.endswith("/judge_truth_accuracy")}
-    assert len(truth) == 13 and min(truth.values()) >= 0.9, {k: round(v, 2) for k, v in truth.items()}
+    one_face = {k: v for k, v in truth.items() if "/rafd_to_celeba/" not in k}   # the others: one label changed
+    assert len(truth) == 18 and len(one_face) == 13, sorted(truth)
+    assert min(one_face.values()) >= 0.9, {k: round(v, 2) for k, v in truth.items()}
     assert len(acc) == 18 and len(gains) == 13, summary                      # 5 + 4 own, 4 + 5 across
     assert headline["accuracy"] >= 0.85 and headline["worst_accuracy"] >= 0.5, summary
     assert all(acc[f"celeba/{a}"] >= 0.9 for a in HAIR_AND_MALE), summary

@@ -71,6 +71,10 @@ def test_v1_train_classifier_evaluate_stages_offline(tmp_path):
     out = proc.stdout + proc.stderr
     assert re.search(r"\[evaluate\] metrics: \d+/\d+ metrics \(\d+%\).*fid: unavailable: .*Fix: ", out), out[-3000:]
     assert out.count("pt_inception-2015-12-05-6726825d.pth not found") == 1, "said once"
+    # the console names every target whose accuracy the judge cannot measure (a 40-step judge: some)
+    unmeasured = [k for k in rep["judge"]["not_meaningful"] if not k.endswith("mean")]
+    said = re.search(r"\[evaluate\] the judge cannot measure (.*) \(judge_ok false", out)
+    assert (said.group(1).split(", ") if said else []) == unmeasured, out[-3000:]
     rows = list(csv.DictReader((root / "reports" / "eval_accuracy.csv").open()))
     assert len(rows) == len([k for k in acc if k.count("/") == 1 and not k.startswith("real/")
                              and not k.endswith("/mean")])

@@ -268,12 +268,38 @@ def test_on_synthetic_data_the_judge_is_also_scored_on_the_true_counterfactuals(
     res = calc_metric("target_accuracy", _ctx(project, model, cfg))
     targets = [f"{r['source']}/{r['target']}" for r in res.tables["eval_accuracy"]]
     with_truth = {k for k in targets if f"{k}/judge_truth_accuracy" in res.results}
-    # own targets and CelebA faces given expressions; not RaFD faces given CelebA attributes (not one face)
-    assert with_truth == {k for k in targets if not k.startswith("rafd_to_celeba/")}
+    # every target: own ones, CelebA faces given expressions, and RaFD faces given CelebA attributes
+    # (these on the face with only the scored label changed: their other CelebA labels are unknown)
+    assert with_truth == set(targets) and any(k.startswith("rafd_to_celeba/") for k in targets)
     assert all(0.0 <= res.results[f"{k}/judge_truth_accuracy"] <= 1.0 for k in with_truth)
     rows = {f"{r['source']}/{r['target']}": r for r in res.tables["eval_accuracy"]}
     assert all(rows[k]["judge_truth_accuracy"] == res.results[f"{k}/judge_truth_accuracy"] for k in with_truth)
     assert "judge_truth_accuracy" in res.sections["judge"]["rule"]
+
+
+def test_an_rafd_face_given_a_celeba_attribute_is_judged_on_that_label_alone_changed(project):
+    """The target zeroes the face's unknown CelebA labels (not one face); the judge's truth is the
+    source with only the scored label set, so a female face given Male becomes male and keeps its
+    hair, age and expression."""
+    from stargan.data.synthetic import FaceParams
+    from stargan.evaluation.tasks import NOT_ONE_FACE, ground_truth, v1_judge_truth, v1_targets, v1_truth
+
+    cfg = load_config(project / "params.yaml")
+    model = _v1_model(project, cfg)
+    ctx = _ctx(project, model, cfg)
+    gt, di = ground_truth(ctx, "rafd"), model.layout.index("rafd")
+    females = 0
+    for batch in [*ctx.batches("rafd", limit=0), *ctx.batches("rafd", split="train", limit=0)]:
+        target = next(t for t in v1_targets(model.layout, di, batch["label"]) if t.name == "celeba/Male")
+        assert v1_truth(ctx, gt, batch, target) == (None, NOT_ONE_FACE)
+        truth = v1_judge_truth(ctx, gt, batch, target)
+        for i, params in enumerate(batch["extra"]):
+            male = FaceParams.from_dict({**params, "male": True})
+            assert torch.equal(truth[i], gt.render(male.to_dict(), batch["matrix"][i]))
+            if not params["male"]:
+                females += 1
+                assert not torch.equal(truth[i], gt.render(params, batch["matrix"][i]))
+    assert females
 
 
 def test_a_judge_that_misreads_the_truth_makes_its_target_not_meaningful():
@@ -297,7 +323,8 @@ def test_real_data_has_no_truth_score(project):
     res = calc_metric("target_accuracy", _ctx(project, _v1_model(project, cfg), cfg))
     keys = [k for k in res.results if k.endswith("/judge_truth_accuracy")]
     assert keys and not any(k.startswith("celeba") for k in keys)
-    assert {k.split("/")[0] for k in keys} == {"rafd"}
+    # the synthetic RaFD-like faces still have truths, under either dataset's judge
+    assert {k.split("/")[0] for k in keys} == {"rafd", "rafd_to_celeba"}
 
 
 @pytest.mark.slow

@@ -12,9 +12,11 @@ every translated test image. Reported per source dataset and target:
 - ``<key>/judge_accuracy``, ``<key>/judge_balanced_accuracy`` next to every target: the judge on
   real images of the target's label (stargan/evaluation/judge.py); on synthetic data also
   ``<key>/judge_truth_accuracy``: the target accuracy of the *true* counterfactuals, the score of
-  a perfect generator. Real images of a dataset cannot tell whether its judge reads its labels on
-  another dataset's faces (a flips-only RaFD-like judge called true "sad" CelebA-like faces sad
-  0.59 of the time while scoring 1.0 on its own test set); this can. The eval.json section
+  a perfect generator (for RaFD-like faces given CelebA attributes, whose other CelebA labels are
+  unknown, the true face with only the scored label changed). Real images of a dataset cannot tell
+  whether its judge reads its labels on another dataset's faces (a flips-only RaFD-like judge called
+  true "sad" CelebA-like faces sad 0.59 of the time while scoring 1.0 on its own test set); this
+  can. The eval.json section
   ``judge`` says whether each target accuracy is meaningful (``judge_ok``: both scores >=
   ``evaluate.judge_min_accuracy``) and lists those that are not.
 
@@ -30,7 +32,7 @@ import torch
 from stargan.evaluation.errors import MetricUnavailable
 from stargan.evaluation.judge import MEASURE, TRUTH_MEASURE, LabelCounts, domain_onehot, verdict
 from stargan.evaluation.metrics import MetricResult, register_metric
-from stargan.evaluation.tasks import (EvalContext, V1Target, ground_truth, render_floor, v1_translations, v1_truth,
+from stargan.evaluation.tasks import (EvalContext, V1Target, ground_truth, render_floor, v1_judge_truth, v1_translations,
                                       v2_dataset, v2_tasks, v2_translations)
 
 
@@ -160,7 +162,7 @@ def _v1(ctx: EvalContext) -> MetricResult:
                 counts[key] += fake.size(0)
                 if t.own and clf.label_kind == "multi":
                     kept[key] += float(others_kept(clf, pred, t).sum())
-                truth = v1_truth(ctx, batch_gt, batch, t)[0] if batch_gt is not None else None
+                truth = v1_judge_truth(ctx, batch_gt, batch, t) if batch_gt is not None else None
                 if truth is not None:
                     truth_hits[key] += float(target_hit(clf, clf.predict(truth), t).sum())
                     truth_n[key] += truth.size(0)

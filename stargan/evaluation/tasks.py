@@ -355,6 +355,22 @@ def v1_truth(ctx: EvalContext, gt: GroundTruth, batch: dict, t: V1Target) -> tup
         return None, str(e)
 
 
+def v1_judge_truth(ctx: EvalContext, gt: GroundTruth, batch: dict, t: V1Target) -> Tensor | None:
+    """True faces showing what the target accuracy scores for ``t`` (``target_hit``): the true
+    counterfactual where the target is one face; for an RaFD-like face given CelebA attributes
+    (``NOT_ONE_FACE``: its other CelebA labels are unknown, so G gets zeros for them) the face with
+    only the scored label changed. The judge must read that label there, on the other dataset's
+    faces, for the target's accuracy to measure G at all. None where the renderer cannot draw it."""
+    truth, why_not = v1_truth(ctx, gt, batch, t)
+    if why_not != NOT_ONE_FACE:
+        return truth
+    name = ctx.model.layout.datasets[t.dataset_idx].label_names[t.attr]
+    try:
+        return gt.batch(batch, [name], t.labels[:, t.attr:t.attr + 1], ctx.device)
+    except ValueError:
+        return None
+
+
 FLOOR_LIMIT = 0.08          # mean L1 in [0, 1] above which the renderer does not match the data
 
 
