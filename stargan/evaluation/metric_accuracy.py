@@ -92,8 +92,8 @@ def _report_real(res: MetricResult, dataset: str, scores: dict[str, dict]) -> No
 def _judge(res: MetricResult, key: str, score: dict | None, row: dict, threshold: float, ok: dict,
            on_truth: float | None = None) -> None:
     """The judge's scores on the target's label next to the target accuracy (results and table row);
-    ``on_truth``: its target accuracy on the true counterfactuals (synthetic data), which must also
-    reach the threshold for ``judge_ok``."""
+    ``on_truth``: its target accuracy on the true faces of the target (synthetic data,
+    ``tasks.v1_judge_truth``), which must also reach the threshold for ``judge_ok``."""
     acc, bal, ok[key] = verdict(score, threshold)
     row.update(judge_accuracy=acc, judge_balanced_accuracy=bal)
     if acc is not None:
@@ -114,7 +114,9 @@ def _judge_section(ok: dict[str, bool], means: dict[str, list[str]], threshold: 
             "rule": f"a target accuracy is meaningful (judge_ok) when the judge's {MEASURE} on real test images "
                     f"of the target's label is >= min_accuracy (evaluate.judge_min_accuracy) and, on synthetic "
                     f"data, so is its {TRUTH_MEASURE} (the target accuracy of the true counterfactuals, what a "
-                    f"perfect generator would score); a mean when all its targets are",
+                    f"perfect generator would score; for a target that is not one face, e.g. an RaFD face given "
+                    f"a CelebA attribute, of the true face with only the scored label changed); a mean when all "
+                    f"its targets are",
             "judge_ok": dict(sorted(ok.items())),
             "not_meaningful": sorted(k for k, v in ok.items() if not v)}
 
